@@ -1,0 +1,97 @@
+// Engine: the facade the server uses. One engine thread owns every piece of state (scheduler,
+// block pool, model runner); Submit and Cancel only touch the inbox, the engine's only lock.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/request.h"
+
+namespace asl {
+
+namespace tok { class Tokenizer; }
+
+struct EngineConfig {
+  std::string model_path;          // a .gguf file or a Hugging Face safetensors directory
+  std::string device = "cpu";      // "cpu" or "cuda" / "cuda:N"
+  std::string dtype = "float32";   // "float32" or "bfloat16"
+  int num_threads = 0;             // intra-op threads; 0 = libtorch's default
+  // KV pool: bytes if > 0, else this fraction of free memory (device memory on CUDA).
+  int64_t kv_cache_bytes = 0;
+  double kv_cache_memory_fraction = 0.25;
+  int block_size = 16;             // tokens per KV block
+  int max_num_seqs = 64;           // running sequences at once
+  int max_waiting = 256;           // waiting queue limit: beyond it Submit fails RESOURCE_EXHAUSTED
+  int max_prefill_tokens = 8192;   // prompt tokens prefilled per engine step
+  int max_model_len = 0;           // prompt + max_tokens limit; 0 = the model's context length
+  PruningParams default_pruning;   // server-wide pruning defaults (resolved per request)
+};
+
+struct ModelInfo {
+  std::string name;
+  std::string arch;
+  std::string path;
+  std::string device;
+  std::string dtype;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t hidden_size = 0;
+  int64_t vocab_size = 0;
+  int64_t context_length = 0;      // max_model_len in force
+  int64_t kv_blocks_total = 0;
+  int64_t kv_block_size = 0;
+  int64_t kv_bytes_total = 0;
+  std::vector<TokenId> eos_token_ids;
+};
+
+// A snapshot for metrics and health; cheap, thread-safe.
+struct EngineStats {
+  int64_t num_running = 0;
+  int64_t num_waiting = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_used = 0;
+  int64_t kv_bytes_used = 0;
+  int64_t num_preemptions = 0;     // since start
+  int64_t device_memory_allocated = 0;  // CUDA only; 0 on CPU
+};
+
+// Implemented by the server (prometheus-cpp). Called on the engine thread, once per event; must not
+// block.
+class EngineMetrics {
+ public:
+  virtual ~EngineMetrics() = default;
+  virtual void OnRequestFinished(const GenerateRequest& request, const FinishEvent& event) = 0;
+  virtual void OnStep(const EngineStats& stats, int64_t num_prefill_tokens, int64_t num_decode_tokens) = 0;
+  virtual void OnPreemption() = 0;
+};
+
+class Engine {
+ public:
+  // Loads the model and allocates the KV pool. Errors name the file or the config field.
+  static StatusOr<std::unique_ptr<Engine>> Create(const EngineConfig& config,
+                                                   std::shared_ptr<EngineMetrics> metrics = nullptr);
+  virtual ~Engine() = default;
+
+  // Thread-safe. Validates the request (parameters, prompt length against the pool and the
+  // context) and queues it. On error nothing was queued and the sink is never called.
+  // On success the sink receives tokens and exactly one OnFinish.
+  virtual StatusOr<RequestId> Submit(GenerateRequest request, std::shared_ptr<RequestSink> sink) = 0;
+  // Thread-safe. Cancels a queued or running request: its blocks are freed at the next step and its
+  // sink gets OnFinish(kCancelled). Unknown or finished ids are ignored.
+  virtual void Cancel(RequestId id) = 0;
+  // Thread-safe. Stops accepting; with drain, lets running and queued work finish for at most
+  // `grace`, then cancels the rest (OnFinish(kAbort)). Returns when the engine thread has stopped.
+  virtual void Shutdown(bool drain, std::chrono::milliseconds grace) = 0;
+
+  virtual const tok::Tokenizer& tokenizer() const = 0;
+  virtual const ModelInfo& model_info() const = 0;
+  virtual const EngineConfig& config() const = 0;
+  virtual EngineStats Stats() const = 0;
+};
+
+}  // namespace asl

