@@ -1,0 +1,114 @@
+#include "engine/model/llama_model.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+namespace asl::model {
+
+at::Tensor RopeInverseFrequencies(const ModelConfig& c) {
+  const int64_t d = c.head_dim;
+  // Computed in double then rounded, like transformers' float32 arange/pow path closely enough
+  // that the float32 tables match to the last bit on the positions we test.
+  at::Tensor exponents = at::arange(0, d, 2, at::kLong).to(at::kFloat) / static_cast<float>(d);
+  at::Tensor inv_freq = 1.0 / at::pow(static_cast<float>(c.rope_theta), exponents);  // [d/2] float32
+  const RopeScaling& s = c.rope_scaling;
+  if (s.type == RopeScaling::Type::kLinear) {
+    inv_freq = inv_freq / s.factor;
+  } else if (s.type == RopeScaling::Type::kLlama3) {
+    // transformers _compute_llama3_parameters: long wavelengths are slowed by `factor`, short ones
+    // kept, and the band between interpolated smoothly.
+    const double low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+    const double high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+    at::Tensor wavelen = 2 * M_PI / inv_freq;
+    at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+    at::Tensor smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
+                        (s.high_freq_factor - s.low_freq_factor);
+    at::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+    at::Tensor is_medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+    inv_freq = at::where(is_medium, smoothed, scaled);
+  }
+  return inv_freq.contiguous();
+}
+
+LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  inv_freq_ = RopeInverseFrequencies(config_).to(weights_.tok_embeddings.device());
+}
+
+at::Device LlamaModel::device() const { return weights_.tok_embeddings.device(); }
+at::ScalarType LlamaModel::dtype() const { return weights_.tok_embeddings.scalar_type(); }
+
+double LlamaModel::attention_scale() const { return 1.0 / std::sqrt(static_cast<double>(config_.head_dim)); }
+
+at::Tensor LlamaModel::Embed(const at::Tensor& ids) const {
+  return at::embedding(weights_.tok_embeddings, ids.to(device()));
+}
+
+Rope LlamaModel::RopeFor(const at::Tensor& positions) const {
+  at::Tensor pos = positions.to(device(), at::kFloat);
+  at::Tensor freqs = at::outer(pos, inv_freq_);          // [T, d/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);         // [T, d]
+  return Rope{emb.cos(), emb.sin()};
+}
+
+at::Tensor LlamaModel::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor var = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(var + config_.rms_norm_eps);
+  return weight * h.to(x.scalar_type());
+}
+
+static at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+static at::Tensor ApplyRope(const at::Tensor& x /*[T, h, d]*/, const Rope& rope) {
+  at::Tensor cos = rope.cos.unsqueeze(1).to(x.scalar_type());  // [T, 1, d]
+  at::Tensor sin = rope.sin.unsqueeze(1).to(x.scalar_type());
+  return x * cos + RotateHalf(x) * sin;
+}
+
+Qkv LlamaModel::AttentionInputs(int layer, const at::Tensor& x, const Rope& rope) const {
+  const LayerWeights& w = weights_.layers[layer];
+  const int64_t T = x.size(0);
+  at::Tensor h = RmsNorm(x, w.attn_norm);
+  at::Tensor q = at::linear(h, w.wq, w.bq);
+  at::Tensor k = at::linear(h, w.wk, w.bk);
+  at::Tensor v = at::linear(h, w.wv, w.bv);
+  q = q.view({T, config_.num_heads, config_.head_dim});
+  k = k.view({T, config_.num_kv_heads, config_.head_dim});
+  v = v.view({T, config_.num_kv_heads, config_.head_dim});
+  return Qkv{ApplyRope(q, rope), ApplyRope(k, rope), v};
+}
+
+at::Tensor LlamaModel::CausalAttention(const Qkv& qkv) const {
+  const int64_t T = qkv.q.size(0);
+  // SDPA wants [B, heads, T, d]; enable_gqa lets Hkv < H without materialising repeated K/V.
+  at::Tensor q = qkv.q.transpose(0, 1).unsqueeze(0);
+  at::Tensor k = qkv.k.transpose(0, 1).unsqueeze(0);
+  at::Tensor v = qkv.v.transpose(0, 1).unsqueeze(0);
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                                    /*is_causal=*/true, /*scale=*/attention_scale(),
+                                                    /*enable_gqa=*/true);
+  return out.squeeze(0).transpose(0, 1).reshape({T, config_.num_heads * config_.head_dim});
+}
+
+at::Tensor LlamaModel::AttentionOutput(int layer, const at::Tensor& attn) const {
+  return at::linear(attn, weights_.layers[layer].wo);
+}
+
+at::Tensor LlamaModel::Mlp(int layer, const at::Tensor& x) const {
+  const LayerWeights& w = weights_.layers[layer];
+  at::Tensor h = RmsNorm(x, w.ffn_norm);
+  at::Tensor gate = at::silu(at::linear(h, w.w_gate));
+  return at::linear(gate * at::linear(h, w.w_up), w.w_down);
+}
+
+at::Tensor LlamaModel::Logits(const at::Tensor& x) const {
+  at::Tensor h = RmsNorm(x, weights_.norm);
+  return at::linear(h, weights_.lm_head).to(at::kFloat);
+}
+
+}  // namespace asl::model

@@ -1,0 +1,67 @@
+// The Llama-family decoder (Llama 3.x, SmolLM2, Qwen2) as layer-level pieces, so the runner can
+// stop, score and shrink each sequence between layers (asl-method.md §4, §8). The maths follows
+// Hugging Face transformers' modeling_llama / modeling_qwen2: RMSNorm in float32, rotate_half RoPE
+// with the model's scaling, GQA attention, SwiGLU MLP; Qwen2 adds q/k/v bias.
+//
+// Thread: const methods are safe from any thread; the runner calls them on the engine thread.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "engine/model/model_config.h"
+#include "engine/model/weights.h"
+
+namespace asl::model {
+
+// Rotary tables for a set of positions: cos, sin [T, d] in float32 (rotate_half layout).
+struct Rope {
+  at::Tensor cos;
+  at::Tensor sin;
+};
+
+struct Qkv {
+  at::Tensor q;  // [T, H, d], rotated
+  at::Tensor k;  // [T, Hkv, d], rotated
+  at::Tensor v;  // [T, Hkv, d]
+};
+
+class LlamaModel {
+ public:
+  LlamaModel(ModelConfig config, ModelWeights weights);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  at::Device device() const;
+  at::ScalarType dtype() const;
+
+  // ids: [T] int64 -> hidden [T, hidden] in the run dtype.
+  at::Tensor Embed(const at::Tensor& ids) const;
+  // positions: [T] int64 (original positions, asl-method.md §4) -> tables on the model device.
+  Rope RopeFor(const at::Tensor& positions) const;
+  // Pre-attention RMSNorm, projections, bias, RoPE. x: [T, hidden].
+  Qkv AttentionInputs(int layer, const at::Tensor& x, const Rope& rope) const;
+  // Output projection of the attention result attn [T, H*d] -> [T, hidden] (no residual).
+  at::Tensor AttentionOutput(int layer, const at::Tensor& attn) const;
+  // Post-attention RMSNorm + SwiGLU MLP: x [T, hidden] -> [T, hidden] (no residual).
+  at::Tensor Mlp(int layer, const at::Tensor& x) const;
+  // Final RMSNorm and LM head: x [B, hidden] -> logits [B, vocab] in float32.
+  at::Tensor Logits(const at::Tensor& x) const;
+
+  // Causal self-attention of one sequence's tokens among themselves (prefill): q [T, H, d],
+  // k, v [T, Hkv, d] -> [T, H*d]. Uses libtorch's fused scaled-dot-product attention.
+  at::Tensor CausalAttention(const Qkv& qkv) const;
+
+  double attention_scale() const;
+
+ private:
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  at::Tensor inv_freq_;  // [d/2] float32, with the rope scaling applied
+};
+
+// Inverse RoPE frequencies for the config (transformers' rope init functions): [d/2] float32.
+at::Tensor RopeInverseFrequencies(const ModelConfig& config);
+
+}  // namespace asl::model

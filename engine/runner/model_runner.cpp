@@ -1,0 +1,186 @@
+#include "engine/runner/model_runner.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include "engine/prune/scoring.h"
+
+namespace asl::runner {
+
+// One sequence inside the packed batch: `count` rows, in batch order.
+struct ModelRunner::Active {
+  size_t index = 0;       // into the caller's seqs
+  int64_t count = 0;
+  at::Tensor token_ids;   // [count] int64 on CPU: which prompt tokens these rows are
+  at::Tensor positions;   // [count] int64 on CPU: original positions (re-indexed in pass 2)
+};
+
+namespace {
+
+// Per KV head, the rows `keep` [Hkv, C] of x [T, Hkv, d] -> [Hkv, C, d]; all rows when undefined.
+at::Tensor GatherPerHead(const at::Tensor& x, const at::Tensor& keep) {
+  at::Tensor xt = x.transpose(0, 1);  // [Hkv, T, d]
+  if (!keep.defined()) return xt.contiguous();
+  at::Tensor idx = keep.to(x.device()).unsqueeze(-1).expand({keep.size(0), keep.size(1), x.size(2)});
+  return at::gather(xt, 1, idx);
+}
+
+}  // namespace
+
+Status ModelRunner::RunPass(std::vector<Active> batch, std::vector<PrefillSeq>& seqs,
+                            std::vector<at::Tensor>& final_hidden, std::vector<Active>& second_pass) {
+  const model::LlamaModel& m = *model_;
+  const int num_layers = static_cast<int>(m.config().num_layers);
+  const double scale = m.attention_scale();
+
+  std::vector<at::Tensor> ids, pos;
+  for (const Active& a : batch) {
+    ids.push_back(a.token_ids);
+    pos.push_back(a.positions);
+  }
+  at::Tensor x = m.Embed(at::cat(ids));      // [T, hidden]
+  at::Tensor positions = at::cat(pos);       // [T]
+
+  for (int layer = 0; layer < num_layers && !batch.empty(); ++layer) {
+    model::Rope rope = m.RopeFor(positions);
+    model::Qkv qkv = m.AttentionInputs(layer, x, rope);
+    std::vector<at::Tensor> attn_parts;
+    std::vector<prune::LayerPlan> plans(batch.size());
+    int64_t offset = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const Active& a = batch[i];
+      model::Qkv s{qkv.q.narrow(0, offset, a.count), qkv.k.narrow(0, offset, a.count),
+                   qkv.v.narrow(0, offset, a.count)};
+      offset += a.count;
+      attn_parts.push_back(m.CausalAttention(s));
+
+      prune::PruningPolicy& policy = *seqs[a.index].policy;
+      const PruningParams& p = policy.params();
+      const prune::ScoreNeeds needs = policy.Needs(layer, a.count);
+      at::Tensor pooled, gem;
+      if (needs.window_scores) pooled = prune::PooledWindowScores(s.q, s.k, p.window, p.kernel, p.pooling, scale);
+      if (needs.gem_scores) gem = prune::GemFilterScores(s.q, s.k, /*kernel=*/5);
+      const bool storing = !policy.in_first_pass();
+      plans[i] = policy.OnLayer(layer, a.count, pooled, gem);
+      if (storing) {
+        ASL_RETURN_IF_ERROR(kv_->Append(seqs[a.index].seq, layer, GatherPerHead(s.k, plans[i].kv_keep),
+                                        GatherPerHead(s.v, plans[i].kv_keep)));
+      }
+    }
+    x = x + m.AttentionOutput(layer, batch.size() == 1 ? attn_parts[0] : at::cat(attn_parts));
+    x = x + m.Mlp(layer, x);
+
+    // Shrink the packed batch: a sequence cut here keeps its selected rows (with their original
+    // positions, §4); a sequence whose first pass ended leaves for pass 2 (§7).
+    bool changed = false;
+    for (const prune::LayerPlan& plan : plans) changed |= plan.select.defined();
+    if (!changed) continue;
+    std::vector<at::Tensor> rows;
+    std::vector<Active> next;
+    offset = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Active a = batch[i];
+      const at::Tensor select = plans[i].select.defined() ? plans[i].select.cpu() : at::Tensor();
+      const int64_t start = offset;
+      offset += a.count;
+      if (select.defined()) {
+        a.token_ids = a.token_ids.index_select(0, select);
+        a.count = a.token_ids.size(0);
+        if (plans[i].end_pass) {
+          a.positions = at::arange(a.count, at::kLong);
+          second_pass.push_back(std::move(a));
+          continue;
+        }
+        a.positions = a.positions.index_select(0, select);
+        rows.push_back(select.to(x.device()) + start);
+      } else {
+        rows.push_back(at::arange(start, start + a.count, at::TensorOptions().dtype(at::kLong).device(x.device())));
+      }
+      next.push_back(std::move(a));
+    }
+    batch = std::move(next);
+    if (batch.empty()) break;
+    at::Tensor index = at::cat(rows);
+    x = x.index_select(0, index);
+    positions = positions.index_select(0, index.cpu());
+  }
+
+  int64_t offset = 0;
+  for (const Active& a : batch) {
+    offset += a.count;
+    final_hidden[a.index] = x[offset - 1];
+  }
+  return Status::Ok();
+}
+
+StatusOr<PrefillOutput> ModelRunner::Prefill(std::vector<PrefillSeq>& seqs) {
+  try {
+    std::vector<Active> batch;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      Active a;
+      a.index = i;
+      a.token_ids = at::tensor(seqs[i].prompt_ids, at::kInt).to(at::kLong);
+      a.count = a.token_ids.size(0);
+      a.positions = at::arange(a.count, at::kLong);
+      if (a.count == 0) return InvalidArgument("prefill of an empty prompt");
+      batch.push_back(std::move(a));
+    }
+    std::vector<at::Tensor> final_hidden(seqs.size());
+    std::vector<Active> second_pass, none;
+    ASL_RETURN_IF_ERROR(RunPass(std::move(batch), seqs, final_hidden, second_pass));
+    PrefillOutput out;
+    out.next_positions.resize(seqs.size());
+    for (size_t i = 0; i < seqs.size(); ++i) out.next_positions[i] = static_cast<int64_t>(seqs[i].prompt_ids.size());
+    if (!second_pass.empty()) {
+      for (const Active& a : second_pass) {
+        seqs[a.index].policy->BeginSecondPass(a.count);
+        out.next_positions[a.index] = a.count;
+      }
+      ASL_RETURN_IF_ERROR(RunPass(std::move(second_pass), seqs, final_hidden, none));
+      ASL_CHECK(none.empty(), "a second pass cannot end another pass");
+    }
+    out.logits = model_->Logits(at::stack(final_hidden)).cpu();
+    return out;
+  } catch (const c10::Error& e) {
+    return Internal(std::string("prefill failed: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return Internal(std::string("prefill failed: ") + e.what());
+  }
+}
+
+StatusOr<at::Tensor> ModelRunner::Decode(const std::vector<DecodeSeq>& seqs) {
+  try {
+    const model::LlamaModel& m = *model_;
+    const auto& c = m.config();
+    std::vector<int64_t> tokens, positions;
+    std::vector<kv::SeqId> ids;
+    for (const DecodeSeq& s : seqs) {
+      tokens.push_back(s.token);
+      positions.push_back(s.position);
+      ids.push_back(s.seq);
+    }
+    const int64_t B = static_cast<int64_t>(seqs.size());
+    at::Tensor x = m.Embed(at::tensor(tokens, at::kLong));
+    model::Rope rope = m.RopeFor(at::tensor(positions, at::kLong));
+    for (int layer = 0; layer < c.num_layers; ++layer) {
+      model::Qkv qkv = m.AttentionInputs(layer, x, rope);
+      ASL_RETURN_IF_ERROR(kv_->AppendDecode(layer, ids, qkv.k, qkv.v));
+      at::Tensor attn = kv_->Attend(layer, ids, qkv.q, m.attention_scale());  // [B, H, d]
+      x = x + m.AttentionOutput(layer, attn.reshape({B, c.num_heads * c.head_dim}));
+      x = x + m.Mlp(layer, x);
+    }
+    return m.Logits(x).cpu();
+  } catch (const c10::Error& e) {
+    return Internal(std::string("decode failed: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return Internal(std::string("decode failed: ") + e.what());
+  }
+}
+
+int64_t ModelRunner::KvTokens(kv::SeqId seq) const {
+  int64_t total = 0;
+  for (int layer = 0; layer < model_->config().num_layers; ++layer) total += kv_->Length(seq, layer);
+  return total;
+}
+
+}  // namespace asl::runner

@@ -1,0 +1,64 @@
+#include "engine/sched/scheduler.h"
+
+#include <algorithm>
+
+namespace asl::sched {
+
+void Scheduler::AddWaiting(Sequence* seq) {
+  seq->state = SeqState::kWaiting;
+  // Keep the queue in arrival order so a preempted sequence resumes before later arrivals.
+  auto it = std::find_if(waiting_.begin(), waiting_.end(),
+                         [&](const Sequence* s) { return s->arrival_seq > seq->arrival_seq; });
+  waiting_.insert(it, seq);
+}
+
+void Scheduler::Remove(Sequence* seq) {
+  waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), seq), waiting_.end());
+  running_.erase(std::remove(running_.begin(), running_.end(), seq), running_.end());
+}
+
+StepPlan Scheduler::Schedule(const BlockFacts& blocks) {
+  StepPlan plan;
+  int64_t free_blocks = blocks.num_free_blocks();
+
+  // Decode first: every running sequence needs room for one more token in every layer. Preempt
+  // the latest admitted until the step fits.
+  auto need_of = [&](const std::vector<Sequence*>& seqs) {
+    int64_t n = 0;
+    for (const Sequence* s : seqs) n += blocks.BlocksForNextToken(*s);
+    return n;
+  };
+  while (!running_.empty() && need_of(running_) > free_blocks) {
+    auto victim = std::max_element(running_.begin(), running_.end(),
+                                   [](const Sequence* a, const Sequence* b) { return a->admit_seq < b->admit_seq; });
+    Sequence* v = *victim;
+    running_.erase(victim);
+    v->num_preemptions++;
+    plan.preempted.push_back(v);
+  }
+  // The engine frees the victims' blocks before it runs the plan; count them as free for admission
+  // only after that, i.e. not in this step (keeps this function free of pool internals).
+  free_blocks -= need_of(running_);
+  plan.decode = running_;
+
+  // Admission in arrival order; a preempted sequence was just put back and must wait a step.
+  int64_t prefill_tokens = 0;
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs) {
+    Sequence* s = waiting_.front();
+    const int64_t tokens = s->num_prompt_tokens;
+    const int64_t need = s->admission_blocks + config_.num_layers;  // + one decode block per layer
+    if (need > free_blocks) break;
+    if (!plan.prefill.empty() && prefill_tokens + tokens > config_.max_prefill_tokens) break;
+    waiting_.pop_front();
+    free_blocks -= need;
+    prefill_tokens += tokens;
+    s->state = SeqState::kRunning;
+    s->admit_seq = next_admit_seq_++;
+    running_.push_back(s);
+    plan.prefill.push_back(s);
+  }
+  for (Sequence* v : plan.preempted) AddWaiting(v);
+  return plan;
+}
+
+}  // namespace asl::sched

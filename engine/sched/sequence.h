@@ -1,0 +1,42 @@
+// Sequence: the control-plane view of one request (no tensors). The engine owns the runtime parts
+// (sampler, detokenizer, pruning policy) beside it; the scheduler only moves Sequences between
+// queues and decides what runs in a step.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
+#include "engine/request.h"
+
+namespace asl::sched {
+
+using Clock = std::chrono::steady_clock;
+
+enum class SeqState { kWaiting, kRunning, kFinished };
+
+struct Sequence {
+  RequestId id = 0;
+  SeqState state = SeqState::kWaiting;
+  int64_t num_prompt_tokens = 0;
+  int max_tokens = 0;
+  std::vector<TokenId> output_ids;     // every generated token so far (kept across preemption)
+  // Output tokens whose K/V is in the cache. Decode feeds output_ids[num_fed_outputs]; a
+  // re-admitted (preempted) sequence replays its outputs this way before sampling again.
+  int64_t num_fed_outputs = 0;
+  int64_t next_position = 0;           // logical position of the next fed token
+  int64_t admission_blocks = 0;        // upper bound of the prompt's KV blocks after pruning
+  uint64_t arrival_seq = 0;            // FIFO order of arrival
+  uint64_t admit_seq = 0;              // order of the latest admission (preemption picks the latest)
+  int num_preemptions = 0;
+  Clock::time_point arrival_time;
+  Clock::time_point first_scheduled_time;
+  Clock::time_point first_token_time;
+  Clock::time_point last_token_time;
+  bool scheduled_once = false;
+  bool cancel_requested = false;
+
+  int64_t num_prompt_and_fed() const { return num_prompt_tokens + num_fed_outputs; }
+};
+
+}  // namespace asl::sched
