@@ -1,0 +1,31 @@
+// Entry: everything the engine thread keeps for one request (control-plane Sequence plus the
+// runtime parts). Private to engine.cpp; a header only so the file stays readable.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/prune/policy.h"
+#include "engine/request.h"
+#include "engine/sample/sampler.h"
+#include "engine/sample/stop_matcher.h"
+#include "engine/sched/sequence.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace asl {
+
+struct Entry {
+  sched::Sequence seq;
+  GenerateRequest request;
+  std::shared_ptr<RequestSink> sink;
+  std::unique_ptr<prune::PruningPolicy> policy;    // recreated at every (re-)admission
+  std::unique_ptr<sample::SamplerState> sampler;   // kept across preemption (seeded draws continue)
+  std::unique_ptr<tok::IncrementalDecoder> detok;
+  std::unique_ptr<sample::StopMatcher> stop;
+  PruningReport report_final;                      // from the first prefill
+  std::string stop_string;
+  std::vector<double> inter_token_seconds;
+};
+
+}  // namespace asl

@@ -1,0 +1,92 @@
+"""Parity of asl-cli's forward pass and greedy decoding with Hugging Face transformers.
+
+Both sides load the same GGUF file; transformers dequantises it to float32 exactly as our loader
+does, so the remaining differences are float32 rounding in different kernel orders.
+
+Tolerance: the last-position logits of SmolLM2-135M span roughly 30-40 units; float32 with
+different summation orders over 30 layers leaves absolute differences around 1e-4. We require
+max |ours - HF| <= 1e-3 * (max - min of HF's logits), i.e. well under 1e-3 relative to the range,
+and identical argmax.
+"""
+import json
+import subprocess
+
+import pytest
+import torch
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Once upon a time, in a land far away, there lived a",
+    "Translate to French: I would like a cup of coffee, please.",
+]
+
+
+@pytest.fixture(scope="module")
+def hf(default_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model.parent, gguf_file=default_model.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        default_model.parent, gguf_file=default_model.name, dtype=torch.float32
+    )
+    model.eval()
+    return tok, model
+
+
+@pytest.fixture(scope="module")
+def prompts(hf, essays_dir):
+    tok, _ = hf
+    long_text = ""
+    for f in sorted(essays_dir.glob("*.txt")):
+        long_text += f.read_text() + "\n"
+        if len(tok(long_text).input_ids) > 2300:
+            break
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "Summarise this essay in one sentence:\n" + long_text[:9000]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    out = [tok(p).input_ids for p in PROMPTS]
+    out.append(tok(chat).input_ids)
+    assert len(out[-1]) >= 2000
+    return out
+
+
+def run_cli(bin_dir, model, *args):
+    cmd = [str(bin_dir / "asl-cli"), *args, "--model", str(model), "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"{cmd[:3]} failed: {res.stderr[-2000:]}"
+    return json.loads(res.stdout)
+
+
+def test_last_position_logits_match(hf, prompts, bin_dir, default_model):
+    _, model = hf
+    for ids in prompts:
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0, -1].double()
+        got = torch.tensor(
+            run_cli(bin_dir, default_model, "logits", "--ids", ",".join(map(str, ids)))["logits"],
+            dtype=torch.float64,
+        )
+        assert got.shape == ref.shape
+        span = (ref.max() - ref.min()).item()
+        err = (got - ref).abs().max().item()
+        print(f"prompt of {len(ids)} tokens: max abs err {err:.2e}, logit range {span:.1f}")
+        assert err <= 1e-3 * span, f"{len(ids)} tokens: max abs error {err} vs range {span}"
+        assert got.argmax() == ref.argmax()
+
+
+def test_greedy_generation_matches(hf, prompts, bin_dir, default_model):
+    _, model = hf
+    for ids in prompts:
+        with torch.no_grad():
+            ref = model.generate(
+                torch.tensor([ids]), max_new_tokens=32, do_sample=False, min_new_tokens=32,
+                eos_token_id=None, pad_token_id=0,
+            )[0, len(ids):].tolist()
+        got = run_cli(
+            bin_dir, default_model, "generate", "--ids", ",".join(map(str, ids)),
+            "--max-tokens", "32", "--ignore-eos",
+        )["token_ids"]
+        assert got == ref, f"prompt of {len(ids)} tokens diverged"

@@ -1,0 +1,71 @@
+// Options and JSON helpers shared by asl-cli's subcommands.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace asl::cli {
+
+// Model, device and engine knobs plus the pruning knobs of asl-method.md §1.
+struct CommonOptions {
+  std::string model_path = ASL_DEFAULT_MODEL_PATH;
+  std::string device = "cpu";
+  std::string dtype = "float32";
+  int threads = 0;
+  std::string kv_cache = "1GiB";
+  int block_size = 16;
+  std::string log_level = "warn";
+  std::string policy = "full";
+  std::string pooling = "avg";
+  PruningParams pruning;
+
+  void Register(CLI::App* app);
+  EngineConfig ToEngineConfig() const;
+  // Applies the policy and pooling names to `pruning` (validated later by the engine).
+  Status Finalize();
+};
+
+// Where the prompt comes from: text, chat messages (JSON), or token ids.
+struct PromptOptions {
+  std::string prompt;
+  std::string prompt_file;
+  std::string chat;          // JSON: [{"role": "user", "content": "..."}] or a path to such a file
+  std::string ids;           // comma-separated token ids
+  std::string chat_template; // override: chatml or llama3
+  bool no_bos = false;
+
+  void Register(CLI::App* app);
+  StatusOr<std::vector<TokenId>> Resolve(const tok::Tokenizer& tokenizer) const;
+};
+
+struct EvalOptions {
+  std::string data_dir;
+  std::string out_prefix = "bench/out/accuracy";
+  std::vector<std::string> tasks;
+  std::vector<std::string> policies = {"full", "snapkv", "fastkv", "gemfilter", "asl", "asl_2pass"};
+  std::vector<int> lengths = {1024, 2048, 4096};
+  std::vector<int> budgets = {256, 512, 1024};
+  int samples = 20;
+  int niah_depths = 10;
+  int niah_samples = 1;
+  uint64_t seed = 42;
+  int batch = 8;
+  void Register(CLI::App* app);
+};
+
+StatusOr<std::unique_ptr<tok::Tokenizer>> LoadTokenizerOnly(const std::string& model_path);
+nlohmann::json PruningJson(const PruningReport& r);
+nlohmann::json TimingsJson(const Timings& t);
+nlohmann::json UsageJson(const FinishEvent& ev);
+
+int RunLogits(CommonOptions& o, const PromptOptions& p, bool json_out);
+int RunEval(CommonOptions& o, const EvalOptions& e);
+
+}  // namespace asl::cli
