@@ -102,6 +102,7 @@ struct PruningReport {
   int64_t kv_bytes = 0;              // bytes held for the prompt's KV after prefill
   double prefill_seconds = 0.0;
   std::vector<double> variance_ratios;  // ASL: ratio per evaluated layer, from L_min on
+  std::vector<int64_t> selected_positions;  // original positions of the propagated tokens (if cut)
 };
 
 struct Usage {

@@ -146,7 +146,8 @@ json PruningJson(const PruningReport& r) {
               {"kv_tokens_full", r.num_kv_tokens_full},
               {"kv_bytes", r.kv_bytes},
               {"prefill_seconds", r.prefill_seconds},
-              {"variance_ratios", r.variance_ratios}};
+              {"variance_ratios", r.variance_ratios},
+              {"selected_positions", r.selected_positions}};
 }
 
 json TimingsJson(const Timings& t) {

@@ -84,6 +84,9 @@ Status ModelRunner::RunPass(std::vector<Active> batch, std::vector<PrefillSeq>& 
       const int64_t start = offset;
       offset += a.count;
       if (select.defined()) {
+        at::Tensor kept = a.positions.index_select(0, select).contiguous();
+        seqs[a.index].policy->mutable_report().selected_positions.assign(
+            kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel());
         a.token_ids = a.token_ids.index_select(0, select);
         a.count = a.token_ids.size(0);
         if (plans[i].end_pass) {
