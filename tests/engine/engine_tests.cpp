@@ -1,0 +1,278 @@
+// The engine end to end on the default model: continuous batching gives every request exactly what
+// it gets alone (also under preemption), cancellation frees every block, seeded sampling is
+// reproducible in a batch, and bad requests are refused with the field named.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "engine/engine.h"
+
+namespace asl {
+namespace {
+
+class Collect : public RequestSink {
+ public:
+  void OnTokens(const TokenChunk& c) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ids.insert(ids.end(), c.token_ids.begin(), c.token_ids.end());
+    text += c.text;
+    cv_.notify_all();
+  }
+  void OnFinish(const FinishEvent& ev) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    finish = ev;
+    done = true;
+    cv_.notify_all();
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return done; });
+  }
+  void WaitTokens(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return done || ids.size() >= n; });
+  }
+  std::vector<TokenId> ids;
+  std::string text;
+  FinishEvent finish;
+  bool done = false;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+EngineConfig Config(int64_t kv_bytes) {
+  EngineConfig c;
+  c.model_path = ASL_TEST_MODEL;
+  c.kv_cache_bytes = kv_bytes;
+  c.max_num_seqs = 16;
+  return c;
+}
+
+std::vector<TokenId> Prompt(int64_t n, uint64_t seed) {
+  at::manual_seed(static_cast<int64_t>(seed));
+  at::Tensor t = at::randint(100, 20000, {n}, at::kInt);
+  return std::vector<TokenId>(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + n);
+}
+
+GenerateRequest Request(std::vector<TokenId> ids, PolicyKind policy, int max_tokens) {
+  GenerateRequest r;
+  r.prompt_ids = std::move(ids);
+  r.sampling.max_tokens = max_tokens;
+  r.sampling.ignore_eos = true;
+  r.pruning.policy = policy;
+  r.pruning.select_k = 128;
+  r.pruning.kv_budget = 96;
+  r.pruning.tau = 0.9;
+  return r;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(ASL_TEST_MODEL)) GTEST_SKIP() << "default model missing";
+  }
+  static std::vector<TokenId> RunAlone(const GenerateRequest& r) {
+    auto engine = Engine::Create(Config(256 << 20));
+    EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+    auto sink = std::make_shared<Collect>();
+    EXPECT_TRUE((*engine)->Submit(r, sink).ok());
+    sink->Wait();
+    return sink->ids;
+  }
+  // 16 requests of mixed lengths and policies, submitted at staggered times.
+  static std::vector<GenerateRequest> Mixed() {
+    const PolicyKind kinds[] = {PolicyKind::kFull, PolicyKind::kAsl, PolicyKind::kSnapKv, PolicyKind::kFastKv,
+                                PolicyKind::kGemFilter, PolicyKind::kAsl2Pass};
+    std::vector<GenerateRequest> reqs;
+    for (int i = 0; i < 16; ++i) reqs.push_back(Request(Prompt(40 + 61 * i, 100 + i), kinds[i % 6], 12 + (i % 5)));
+    return reqs;
+  }
+  static void RunStaggered(Engine& engine, const std::vector<GenerateRequest>& reqs,
+                           std::vector<std::shared_ptr<Collect>>& sinks) {
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      sinks.push_back(std::make_shared<Collect>());
+      ASSERT_TRUE(engine.Submit(reqs[i], sinks.back()).ok());
+      if (i % 4 == 3) sinks[i - 2]->WaitTokens(2);  // let decoding start before more arrive
+    }
+    for (auto& s : sinks) s->Wait();
+  }
+};
+
+TEST_F(EngineTest, BatchedRequestsMatchRunningAlone) {
+  auto reqs = Mixed();
+  auto engine = Engine::Create(Config(256 << 20));
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  std::vector<std::shared_ptr<Collect>> sinks;
+  RunStaggered(**engine, reqs, sinks);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i) + " " + PolicyName(reqs[i].pruning.policy));
+    EXPECT_EQ(sinks[i]->finish.reason, FinishReason::kLength);
+    EXPECT_EQ(sinks[i]->ids, RunAlone(reqs[i]));
+  }
+  EXPECT_EQ((*engine)->Stats().kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, PreemptionByRecomputeFinishesCorrectly) {
+  auto reqs = Mixed();
+  // A pool too small for all of them at once (each needs up to ~30 layers x a few blocks).
+  auto engine = Engine::Create(Config(3 << 20));
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  std::vector<std::shared_ptr<Collect>> sinks;
+  RunStaggered(**engine, reqs, sinks);
+  int preempted = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    preempted += sinks[i]->finish.num_preemptions;
+    EXPECT_EQ(sinks[i]->ids, RunAlone(reqs[i]));
+  }
+  EXPECT_GT(preempted, 0) << "the pool was meant to force preemption";
+  EXPECT_GT((*engine)->Stats().num_preemptions, 0);
+  EXPECT_EQ((*engine)->Stats().kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, CancelMidStreamFreesEveryBlock) {
+  auto engine = Engine::Create(Config(64 << 20));
+  ASSERT_TRUE(engine.ok());
+  std::vector<std::shared_ptr<Collect>> sinks;
+  std::vector<RequestId> ids;
+  for (int i = 0; i < 6; ++i) {
+    sinks.push_back(std::make_shared<Collect>());
+    auto id = (*engine)->Submit(Request(Prompt(300, i), i % 2 ? PolicyKind::kAsl : PolicyKind::kFull, 200), sinks.back());
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  sinks[0]->WaitTokens(3);
+  for (RequestId id : ids) (*engine)->Cancel(id);
+  for (auto& s : sinks) {
+    s->Wait();
+    EXPECT_EQ(s->finish.reason, FinishReason::kCancelled);
+    EXPECT_LT(s->ids.size(), 200u);
+  }
+  // Stats are published after each step; wait for the idle engine's last publication.
+  for (int i = 0; i < 100 && (*engine)->Stats().kv_blocks_used != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ((*engine)->Stats().kv_blocks_used, 0);
+  EXPECT_EQ((*engine)->Stats().num_running, 0);
+}
+
+TEST_F(EngineTest, SeededSamplingIsReproducibleInABatch) {
+  GenerateRequest r = Request(Prompt(80, 7), PolicyKind::kFull, 24);
+  r.sampling.temperature = 0.9;
+  r.sampling.top_p = 0.95;
+  r.sampling.seed = 1234;
+  auto alone = RunAlone(r);
+  auto engine = Engine::Create(Config(256 << 20));
+  ASSERT_TRUE(engine.ok());
+  std::vector<std::shared_ptr<Collect>> sinks;
+  for (int i = 0; i < 5; ++i) {
+    GenerateRequest other = Request(Prompt(60 + i, 50 + i), PolicyKind::kFull, 30);
+    other.sampling.temperature = 1.0;
+    other.sampling.seed = 99 + i;
+    sinks.push_back(std::make_shared<Collect>());
+    ASSERT_TRUE((*engine)->Submit(i == 2 ? r : other, sinks.back()).ok());
+  }
+  for (auto& s : sinks) s->Wait();
+  EXPECT_EQ(sinks[2]->ids, alone);
+}
+
+TEST_F(EngineTest, StopStringEndsGenerationWithoutEmittingIt) {
+  GenerateRequest r = Request(Prompt(50, 3), PolicyKind::kFull, 40);
+  auto engine = Engine::Create(Config(64 << 20));
+  ASSERT_TRUE(engine.ok());
+  auto first = std::make_shared<Collect>();
+  ASSERT_TRUE((*engine)->Submit(r, first).ok());
+  first->Wait();
+  ASSERT_GT(first->text.size(), 12u);
+  const std::string stop = first->text.substr(first->text.size() / 2, 4);
+  const std::string expected = first->text.substr(0, first->text.find(stop));
+  r.sampling.stop = {stop};
+  auto second = std::make_shared<Collect>();
+  ASSERT_TRUE((*engine)->Submit(r, second).ok());
+  second->Wait();
+  EXPECT_EQ(second->finish.reason, FinishReason::kStop);
+  EXPECT_EQ(second->finish.stop_string, stop);
+  EXPECT_EQ(second->text, expected);
+}
+
+TEST_F(EngineTest, BadRequestsAreRefusedWithTheFieldNamed) {
+  auto engine = Engine::Create(Config(16 << 20));
+  ASSERT_TRUE(engine.ok());
+  auto sink = std::make_shared<Collect>();
+  auto expect = [&](GenerateRequest r, StatusCode code, const std::string& field) {
+    auto id = (*engine)->Submit(std::move(r), sink);
+    ASSERT_FALSE(id.ok()) << field;
+    EXPECT_EQ(id.status().code(), code) << id.status().ToString();
+    EXPECT_NE(id.status().message().find(field), std::string::npos) << id.status().ToString();
+  };
+  GenerateRequest ok = Request(Prompt(20, 1), PolicyKind::kFull, 8);
+  GenerateRequest r = ok;
+  r.prompt_ids.clear();
+  expect(r, StatusCode::kInvalidArgument, "prompt");
+  r = ok;
+  r.prompt_ids[3] = 1 << 30;
+  expect(r, StatusCode::kInvalidArgument, "prompt_ids[3]");
+  r = ok;
+  r.sampling.temperature = -1;
+  expect(r, StatusCode::kInvalidArgument, "temperature");
+  r = ok;
+  r.sampling.top_p = 1.5;
+  expect(r, StatusCode::kInvalidArgument, "top_p");
+  r = ok;
+  r.sampling.max_tokens = 0;
+  expect(r, StatusCode::kInvalidArgument, "max_tokens");
+  r = ok;
+  r.pruning.tau = 0;
+  expect(r, StatusCode::kInvalidArgument, "tau");
+  r = ok;
+  r.pruning.kv_budget = 8;
+  expect(r, StatusCode::kInvalidArgument, "kv_budget");
+  r = ok;
+  r.sampling.max_tokens = 1 << 30;
+  expect(r, StatusCode::kInvalidArgument, "max_tokens");
+  r = ok;
+  r.prompt_ids = Prompt(7000, 2);  // full KV for 7000 tokens cannot fit a 16 MiB pool
+  expect(r, StatusCode::kResourceExhausted, "prompt");
+  // The same prompt pruned to a small budget fits: pruning is what buys the capacity.
+  r.pruning.policy = PolicyKind::kSnapKv;
+  r.sampling.max_tokens = 4;
+  auto small = std::make_shared<Collect>();
+  ASSERT_TRUE((*engine)->Submit(r, small).ok());
+  small->Wait();
+  EXPECT_EQ(small->ids.size(), 4u);
+  (*engine)->Shutdown(true, std::chrono::milliseconds(1000));
+  expect(ok, StatusCode::kUnavailable, "shutting down");
+}
+
+TEST_F(EngineTest, FullQueueIsRejectedAtOnce) {
+  EngineConfig c = Config(64 << 20);
+  c.max_waiting = 2;
+  c.max_num_seqs = 1;
+  auto engine = Engine::Create(c);
+  ASSERT_TRUE(engine.ok());
+  std::vector<std::shared_ptr<Collect>> sinks;
+  int rejected = 0;
+  for (int i = 0; i < 8; ++i) {
+    sinks.push_back(std::make_shared<Collect>());
+    auto id = (*engine)->Submit(Request(Prompt(200, i), PolicyKind::kFull, 50), sinks.back());
+    if (!id.ok()) {
+      EXPECT_EQ(id.status().code(), StatusCode::kResourceExhausted);
+      EXPECT_NE(id.status().message().find("queue full"), std::string::npos);
+      rejected++;
+      sinks.pop_back();
+    }
+  }
+  EXPECT_GT(rejected, 0);
+  (*engine)->Shutdown(false, std::chrono::milliseconds(0));
+  for (auto& s : sinks) {
+    s->Wait();
+    EXPECT_TRUE(s->finish.reason == FinishReason::kAbort || s->finish.reason == FinishReason::kLength);
+  }
+}
+
+}  // namespace
+}  // namespace asl
