@@ -457,7 +457,14 @@ void EngineImpl::Accept(Entry& e, const sample::SampleResult& r) {
   const bool length = static_cast<int64_t>(s.output_ids.size()) >= s.max_tokens ||
                       s.num_prompt_tokens + static_cast<int64_t>(s.output_ids.size()) >= config_.max_model_len;
   const bool finishing = stop_token || stop_string || length;
-  if (finishing && !stop_string) chunk.text += e.stop->Flush(e.detok->Flush());
+  if (finishing && !stop_string) {
+    // The detokenizer's tail may still complete a stop string: Flush truncates it then.
+    chunk.text += e.stop->Flush(e.detok->Flush());
+    if (e.stop->matched()) {
+      stop_string = true;
+      e.stop_string = e.stop->stop_string();
+    }
+  }
   e.sink->OnTokens(chunk);
   if (finishing) Finish(e, (stop_token || stop_string) ? FinishReason::kStop : FinishReason::kLength);
 }

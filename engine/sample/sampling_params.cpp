@@ -1,0 +1,102 @@
+// ValidateSamplingParams (declared in engine/request.h): every constraint on a request's sampling
+// and stopping fields. Messages name the field ("sampling.top_p: must be in (0, 1], got 1.5") so
+// the server can map them to INVALID_ARGUMENT unchanged. Conditions are written as "accept when"
+// and negated, so NaN fails every range check.
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "engine/request.h"
+
+namespace asl {
+namespace {
+
+constexpr int kMaxLogprobs = 20;          // OpenAI's top_logprobs limit
+constexpr size_t kMaxStopStrings = 16;
+constexpr size_t kMaxStopStringBytes = 256;
+
+std::string Num(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
+Status Bad(const std::string& field, const std::string& why) {
+  return InvalidArgument("sampling." + field + ": " + why);
+}
+
+// The StopMatcher emits the text before a match; a stop string that is valid UTF-8 starts on a
+// character boundary, so that text never ends inside a character.
+bool IsValidUtf8(const std::string& s) {
+  size_t i = 0;
+  const size_t n = s.size();
+  while (i < n) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    int len = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) { ++i; continue; }
+    if ((c & 0xE0) == 0xC0) { len = 2; cp = c & 0x1F; }
+    else if ((c & 0xF0) == 0xE0) { len = 3; cp = c & 0x0F; }
+    else if ((c & 0xF8) == 0xF0) { len = 4; cp = c & 0x07; }
+    else return false;
+    if (i + len > n) return false;
+    for (int k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+}  // namespace
+
+Status ValidateSamplingParams(const SamplingParams& p, int64_t vocab_size) {
+  if (!(std::isfinite(p.temperature) && p.temperature >= 0.0)) {
+    return Bad("temperature", "must be finite and >= 0, got " + Num(p.temperature));
+  }
+  if (!(p.top_p > 0.0 && p.top_p <= 1.0)) return Bad("top_p", "must be in (0, 1], got " + Num(p.top_p));
+  if (!(p.top_k >= 0)) return Bad("top_k", "must be >= 0 (0 = off), got " + std::to_string(p.top_k));
+  if (!(p.min_p >= 0.0 && p.min_p <= 1.0)) return Bad("min_p", "must be in [0, 1], got " + Num(p.min_p));
+  if (!(std::isfinite(p.repetition_penalty) && p.repetition_penalty > 0.0)) {
+    return Bad("repetition_penalty", "must be finite and > 0 (1 = off), got " + Num(p.repetition_penalty));
+  }
+  if (!(p.presence_penalty >= -2.0 && p.presence_penalty <= 2.0)) {
+    return Bad("presence_penalty", "must be in [-2, 2], got " + Num(p.presence_penalty));
+  }
+  if (!(p.frequency_penalty >= -2.0 && p.frequency_penalty <= 2.0)) {
+    return Bad("frequency_penalty", "must be in [-2, 2], got " + Num(p.frequency_penalty));
+  }
+  if (!(p.max_tokens >= 1)) return Bad("max_tokens", "must be >= 1, got " + std::to_string(p.max_tokens));
+  for (size_t i = 0; i < p.stop_token_ids.size(); ++i) {
+    const TokenId t = p.stop_token_ids[i];
+    if (t < 0 || t >= vocab_size) {
+      return Bad("stop_token_ids[" + std::to_string(i) + "]",
+                 "token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(vocab_size) + ")");
+    }
+  }
+  if (!(p.logprobs >= 0 && p.logprobs <= kMaxLogprobs)) {
+    return Bad("logprobs", "must be in [0, " + std::to_string(kMaxLogprobs) + "], got " + std::to_string(p.logprobs));
+  }
+  if (p.stop.size() > kMaxStopStrings) {
+    return Bad("stop", "at most " + std::to_string(kMaxStopStrings) + " stop strings, got " + std::to_string(p.stop.size()));
+  }
+  for (size_t i = 0; i < p.stop.size(); ++i) {
+    const std::string field = "stop[" + std::to_string(i) + "]";
+    if (p.stop[i].empty()) return Bad(field, "must not be empty");
+    if (p.stop[i].size() > kMaxStopStringBytes) {
+      return Bad(field, "must be at most " + std::to_string(kMaxStopStringBytes) + " bytes, got " +
+                            std::to_string(p.stop[i].size()));
+    }
+    if (!IsValidUtf8(p.stop[i])) return Bad(field, "must be valid UTF-8");
+  }
+  return Status::Ok();
+}
+
+}  // namespace asl
