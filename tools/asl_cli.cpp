@@ -145,9 +145,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  spdlog::set_level(spdlog::level::from_str(common.log_level));
-  spdlog::set_default_logger(spdlog::stderr_color_mt("asl-cli"));
-  spdlog::set_level(spdlog::level::from_str(common.log_level));
+  logging::LogToStderr();
+  if (!SetLogLevel(common.log_level)) {
+    std::fprintf(stderr, "asl-cli: --log-level: unknown level '%s'\n", common.log_level.c_str());
+    return 2;
+  }
   if (gen->parsed()) return RunGenerate(common, prompt, sampling, json_out);
   if (tokz->parsed()) return RunTokenize(common, prompt, json_out);
   if (logits->parsed()) return RunLogits(common, prompt, json_out);

@@ -1,6 +1,7 @@
 #include "tools/cli_common.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <fstream>
 #include <iostream>

@@ -45,18 +45,22 @@ struct PromptOptions {
   StatusOr<std::vector<TokenId>> Resolve(const tok::Tokenizer& tokenizer) const;
 };
 
+// asl-cli eval (tools/eval/): the accuracy benchmark of benchmarks.md §A.
 struct EvalOptions {
-  std::string data_dir;
+  std::string data_dir;                  // empty: ASL_DEFAULT_DATA_DIR
   std::string out_prefix = "bench/out/accuracy";
-  std::vector<std::string> tasks;
+  std::vector<std::string> tasks;        // empty: the 11 RULER tasks, plus "niah" (the grid)
   std::vector<std::string> policies = {"full", "snapkv", "fastkv", "gemfilter", "asl", "asl_2pass"};
   std::vector<int> lengths = {1024, 2048, 4096};
   std::vector<int> budgets = {256, 512, 1024};
-  int samples = 20;
+  int samples = 20;                      // per RULER task and length
   int niah_depths = 10;
-  int niah_samples = 1;
+  int niah_samples = 1;                  // per grid length and depth; 0 = no grid
   uint64_t seed = 42;
-  int batch = 8;
+  int batch = 8;                         // requests in flight
+  double limit_seconds = 0;              // 0 = no limit; else stop, cancel and write a partial report
+  std::string chat_template;             // override: chatml or llama3
+  bool dry_run = false;                  // build the samples only (<out>.samples.json)
   void Register(CLI::App* app);
 };
 

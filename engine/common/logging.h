@@ -1,18 +1,22 @@
-// The engine's only view of spdlog: a thin set of macros, so the logger can be configured
-// (level, sink) by whoever embeds the engine.
+// Logging for engine code: fmt-style formatting (header-only, so it works with whichever fmt the
+// include path provides: libtorch's or the system's) into the spdlog-backed sink of log_sink.h.
 #pragma once
 
-#include <spdlog/spdlog.h>
+#ifndef FMT_HEADER_ONLY
+#define FMT_HEADER_ONLY
+#endif
+#include <fmt/format.h>
 
-#define ASL_LOG_TRACE(...) SPDLOG_TRACE(__VA_ARGS__)
-#define ASL_LOG_DEBUG(...) ::spdlog::debug(__VA_ARGS__)
-#define ASL_LOG_INFO(...) ::spdlog::info(__VA_ARGS__)
-#define ASL_LOG_WARN(...) ::spdlog::warn(__VA_ARGS__)
-#define ASL_LOG_ERROR(...) ::spdlog::error(__VA_ARGS__)
-#define ASL_LOG_CRITICAL(...) ::spdlog::critical(__VA_ARGS__)
+#include "engine/common/log_sink.h"
 
-namespace asl {
-// Sets the global level from a name (trace, debug, info, warn, error, critical, off).
-// Returns false for an unknown name.
-bool SetLogLevel(const std::string& level);
-}  // namespace asl
+#define ASL_LOG_AT(level, ...)                                                      \
+  do {                                                                              \
+    if (::asl::logging::ShouldLog(level)) ::asl::logging::Write(level, ::fmt::format(__VA_ARGS__)); \
+  } while (0)
+
+#define ASL_LOG_TRACE(...) ASL_LOG_AT(::asl::logging::Level::kTrace, __VA_ARGS__)
+#define ASL_LOG_DEBUG(...) ASL_LOG_AT(::asl::logging::Level::kDebug, __VA_ARGS__)
+#define ASL_LOG_INFO(...) ASL_LOG_AT(::asl::logging::Level::kInfo, __VA_ARGS__)
+#define ASL_LOG_WARN(...) ASL_LOG_AT(::asl::logging::Level::kWarn, __VA_ARGS__)
+#define ASL_LOG_ERROR(...) ASL_LOG_AT(::asl::logging::Level::kError, __VA_ARGS__)
+#define ASL_LOG_CRITICAL(...) ASL_LOG_AT(::asl::logging::Level::kCritical, __VA_ARGS__)

@@ -1,6 +1,5 @@
 #include "engine/common/status.h"
 
-#include "engine/common/logging.h"
 
 namespace asl {
 
@@ -26,7 +25,6 @@ std::string Status::ToString() const {
 }
 
 void CheckFailed(const char* file, int line, const char* expr, const std::string& msg) {
-  ASL_LOG_CRITICAL("check failed at {}:{}: {} ({})", file, line, expr, msg);
   std::fprintf(stderr, "check failed at %s:%d: %s (%s)\n", file, line, expr, msg.c_str());
   std::abort();
 }

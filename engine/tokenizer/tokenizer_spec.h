@@ -15,7 +15,9 @@ struct TokenizerSpec {
   std::string model = "gpt2";          // only byte-level BPE ("gpt2") is supported
   std::string pre;                     // pre-tokenizer name (GGUF tokenizer.ggml.pre: "smollm", "llama-bpe", "qwen2", "gpt-2", ...)
   std::vector<std::string> pre_regexes;  // explicit split regexes (from tokenizer.json); overrides `pre` when set
-  bool split_digits = false;           // Digits(individual_digits) pre-step (from tokenizer.json)
+  bool split_digits = false;           // Digits(individual_digits) pre-step, applied before the regexes
+  bool add_prefix_space = false;       // ByteLevel(add_prefix_space): prepend ' ' to each text segment
+  std::optional<bool> ignore_merges;   // whole-word vocab hit skips BPE; unset: true for pre "llama-bpe"
   std::vector<std::string> tokens;     // id -> token string (byte-level encoded)
   std::vector<TokenType> token_types;  // id -> type; empty = all normal
   std::vector<std::string> merges;     // "a b", in rank order

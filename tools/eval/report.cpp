@@ -1,0 +1,331 @@
+#include "tools/eval/report.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tools/eval/tasks.h"
+
+using json = nlohmann::json;
+
+namespace asl::eval {
+namespace {
+
+struct Mean {
+  double sum = 0.0;
+  int64_t n = 0;
+  void Add(double v) { sum += v, ++n; }
+  double value() const { return n ? sum / static_cast<double>(n) : 0.0; }
+};
+
+std::string Fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
+}
+std::string Pct(const Mean& m) { return m.n ? Fixed(100.0 * m.value(), 1) : "–"; }
+
+std::string Row(const std::vector<std::string>& cells) {
+  std::string s = "|";
+  for (const auto& c : cells) s += " " + c + " |";
+  return s + "\n";
+}
+std::string Rule(size_t n) {
+  std::string s = "|";
+  for (size_t i = 0; i < n; ++i) s += "---|";
+  return s + "\n";
+}
+
+// Results of `policy` at `budget` (full: budget 0 stands for every budget).
+bool Matches(const RunResult& r, int length, const std::string& policy, int budget) {
+  return r.length == length && r.policy == policy && (policy == "full" ? r.budget == 0 : r.budget == budget);
+}
+
+std::string TaskTables(const ReportMeta& meta, const std::vector<RunResult>& results, int length, int budget) {
+  std::ostringstream md;
+  std::vector<std::string> header{"task"};
+  for (const auto& p : meta.policies) header.push_back(p);
+  md << Row(header) << Rule(header.size());
+  std::map<std::string, Mean> average;  // policy -> mean of the task means
+  bool has_grid = false;
+  for (const auto& task : meta.tasks) {
+    if (task == kNiahGrid) {
+      has_grid = true;
+      continue;
+    }
+    std::vector<std::string> row{task};
+    for (const auto& p : meta.policies) {
+      Mean m;
+      for (const auto& r : results) {
+        if (r.task == task && Matches(r, length, p, budget)) m.Add(r.score);
+      }
+      row.push_back(Pct(m));
+      if (m.n) average[p].Add(m.value());
+    }
+    md << Row(row);
+  }
+  std::vector<std::string> avg{"**average**"};
+  for (const auto& p : meta.policies) avg.push_back("**" + Pct(average[p]) + "**");
+  md << Row(avg);
+  if (has_grid) {
+    std::vector<std::string> row{"niah grid"};
+    for (const auto& p : meta.policies) {
+      Mean m;
+      for (const auto& r : results) {
+        if (r.task == kNiahGrid && Matches(r, length, p, budget)) m.Add(r.score);
+      }
+      row.push_back(Pct(m));
+    }
+    md << Row(row);
+  }
+  md << "\n";
+
+  // Where asl (and asl_2pass) selected, per task.
+  std::vector<std::string> asl_like;
+  for (const auto& p : meta.policies) {
+    if (p == "asl" || p == "asl_2pass") asl_like.push_back(p);
+  }
+  if (!asl_like.empty()) {
+    md << "Selection layer (layer×count; none: τ never reached, n/a: prompt ≤ select_k):\n\n";
+    std::vector<std::string> h{"task"};
+    for (const auto& p : asl_like) h.push_back(p);
+    md << Row(h) << Rule(h.size());
+    for (const auto& task : meta.tasks) {
+      std::vector<std::string> row{task};
+      for (const auto& p : asl_like) {
+        std::map<std::string, int> hist;
+        for (const auto& r : results) {
+          if (r.task == task && Matches(r, length, p, budget) && r.error.empty()) hist[SelectionLabel(r.pruning)]++;
+        }
+        std::vector<std::pair<std::string, int>> sorted(hist.begin(), hist.end());
+        std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+          const bool an = !a.first.empty() && std::isdigit(static_cast<unsigned char>(a.first[0]));
+          const bool bn = !b.first.empty() && std::isdigit(static_cast<unsigned char>(b.first[0]));
+          if (an != bn) return an;
+          return an ? std::stoi(a.first) < std::stoi(b.first) : a.first < b.first;
+        });
+        std::string cell;
+        for (const auto& [label, n] : sorted) cell += (cell.empty() ? "" : ", ") + label + "×" + std::to_string(n);
+        row.push_back(cell.empty() ? "–" : cell);
+      }
+      md << Row(row);
+    }
+    md << "\n";
+  }
+
+  // Cost per policy, over every task of this length.
+  md << Row({"policy", "requests", "errors", "prompt tokens", "KV tokens kept", "kept / full", "prefill s", "e2e s"})
+     << Rule(8);
+  for (const auto& p : meta.policies) {
+    Mean prompt, kept, ratio, prefill, e2e;
+    int64_t n = 0, errors = 0;
+    for (const auto& r : results) {
+      if (!Matches(r, length, p, budget)) continue;
+      ++n;
+      if (!r.error.empty()) {
+        ++errors;
+        continue;
+      }
+      prompt.Add(static_cast<double>(r.prompt_tokens));
+      kept.Add(static_cast<double>(r.pruning.num_kv_tokens_kept));
+      if (r.pruning.num_kv_tokens_full > 0) {
+        ratio.Add(static_cast<double>(r.pruning.num_kv_tokens_kept) / static_cast<double>(r.pruning.num_kv_tokens_full));
+      }
+      prefill.Add(r.pruning.prefill_seconds);
+      e2e.Add(r.e2e_seconds);
+    }
+    md << Row({p, std::to_string(n), std::to_string(errors), Fixed(prompt.value(), 0), Fixed(kept.value(), 0),
+               ratio.n ? Fixed(100.0 * ratio.value(), 1) + " %" : "–", Fixed(prefill.value(), 3), Fixed(e2e.value(), 2)});
+  }
+  md << "\n";
+  return md.str();
+}
+
+std::string NiahGrids(const ReportMeta& meta, const std::vector<RunResult>& results) {
+  std::ostringstream md;
+  md << "## Needle in a haystack (% correct; rows: context length, columns: needle depth %)\n\n";
+  for (const auto& p : meta.policies) {
+    const std::vector<int> budgets = p == "full" ? std::vector<int>{0} : meta.budgets;
+    for (int b : budgets) {
+      md << "### " << p << (p == "full" ? "" : " @ budget " + std::to_string(b)) << "\n\n";
+      std::vector<std::string> h{"length"};
+      for (double d : meta.niah_depths) h.push_back(Fixed(d, 0));
+      h.push_back("mean");
+      md << Row(h) << Rule(h.size());
+      for (int length : meta.lengths) {
+        std::vector<std::string> row{std::to_string(length)};
+        Mean all;
+        for (double d : meta.niah_depths) {
+          Mean m;
+          for (const auto& r : results) {
+            if (r.task == kNiahGrid && Matches(r, length, p, b) && std::abs(r.depth_percent - d) < 1e-9) m.Add(r.score);
+          }
+          row.push_back(Pct(m));
+          if (m.n) all.Add(m.value());
+        }
+        row.push_back(Pct(all));
+        md << Row(row);
+      }
+      md << "\n";
+    }
+  }
+  return md.str();
+}
+
+std::string ReadFirstLine(const char* cmd) {
+  FILE* f = popen(cmd, "r");
+  if (!f) return "";
+  std::array<char, 256> buf{};
+  std::string out;
+  if (fgets(buf.data(), buf.size(), f)) out = buf.data();
+  pclose(f);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+}  // namespace
+
+std::string SelectionLabel(const PruningReport& r) {
+  switch (r.outcome) {
+    case SelectionOutcome::kSelected: return std::to_string(r.selection_layer);
+    case SelectionOutcome::kForced: return "forced@" + std::to_string(r.selection_layer);
+    case SelectionOutcome::kNone: return "none";
+    case SelectionOutcome::kNotApplicable: return "n/a";
+  }
+  return "?";
+}
+
+json ResultJson(const RunResult& r) {
+  json j{{"task", r.task},
+         {"length", r.length},
+         {"index", r.index},
+         {"haystack_size", r.haystack_size},
+         {"policy", r.policy},
+         {"budget", r.budget},
+         {"answers", r.answers},
+         {"output", r.output},
+         {"score", r.score},
+         {"finish_reason", r.finish_reason},
+         {"prompt_tokens", r.prompt_tokens},
+         {"completion_tokens", r.completion_tokens},
+         {"ttft_seconds", r.ttft_seconds},
+         {"e2e_seconds", r.e2e_seconds},
+         {"pruning",
+          {{"outcome", SelectionOutcomeName(r.pruning.outcome)},
+           {"selection_layer", r.pruning.selection_layer},
+           {"propagated_tokens", r.pruning.num_propagated_tokens},
+           {"kv_tokens_kept", r.pruning.num_kv_tokens_kept},
+           {"kv_tokens_full", r.pruning.num_kv_tokens_full},
+           {"kv_bytes", r.pruning.kv_bytes},
+           {"prefill_seconds", r.pruning.prefill_seconds},
+           {"variance_ratios", r.pruning.variance_ratios}}}};
+  if (r.depth_percent >= 0) j["depth_percent"] = r.depth_percent;
+  if (!r.error.empty()) j["error"] = r.error;
+  return j;
+}
+
+json ReportJson(const ReportMeta& m, const std::vector<RunResult>& results) {
+  json rs = json::array();
+  for (const auto& r : results) rs.push_back(ResultJson(r));
+  return json{{"meta",
+               {{"date", m.date}, {"commit", m.commit}, {"machine", m.machine}, {"command", m.command},
+                {"model", m.model}, {"engine", m.engine}, {"lengths", m.lengths}, {"budgets", m.budgets},
+                {"policies", m.policies}, {"tasks", m.tasks}, {"niah_depths", m.niah_depths},
+                {"samples", m.samples}, {"niah_samples", m.niah_samples}, {"seed", m.seed},
+                {"wall_seconds", m.wall_seconds}, {"requests_planned", m.requests_planned},
+                {"requests_done", m.requests_done}, {"partial", m.partial}, {"notes", m.notes}}},
+              {"results", rs}};
+}
+
+std::string ReportMarkdown(const ReportMeta& m, const std::vector<RunResult>& results) {
+  std::ostringstream md;
+  md << "# Accuracy: RULER-style tasks and needle-in-a-haystack\n\n";
+  md << "- date: " << m.date << "\n- commit: " << m.commit << "\n- machine: " << m.machine << "\n- model: " << m.model
+     << "\n- engine: " << m.engine << "\n- command: `" << m.command << "`\n";
+  md << "- samples: " << m.samples << " per task and length (NIAH grid: " << m.niah_samples
+     << " per length and depth), seed " << m.seed << "; greedy decoding; kv_budget = select_k = budget for every "
+     << "pruning policy; `full` runs once per sample and is repeated under every budget\n";
+  md << "- requests: " << m.requests_done << " of " << m.requests_planned << " in " << Fixed(m.wall_seconds, 0) << " s"
+     << (m.partial ? " — **partial: stopped by --limit-seconds**" : "") << "\n";
+  for (const auto& n : m.notes) md << "- note: " << n << "\n";
+  md << "\nScores are RULER's string_match_all in % (NIAH grid: % of answers containing the number); the average "
+        "is over the RULER tasks.\n\n";
+  for (int length : m.lengths) {
+    for (int b : m.budgets) {
+      md << "## Context " << length << " tokens, budget " << b << "\n\n" << TaskTables(m, results, length, b);
+    }
+  }
+  if (std::find(m.tasks.begin(), m.tasks.end(), kNiahGrid) != m.tasks.end()) md << NiahGrids(m, results);
+  return md.str();
+}
+
+std::string MachineDescription() {
+  std::string cpu = "unknown CPU";
+  std::ifstream ci("/proc/cpuinfo");
+  for (std::string line; std::getline(ci, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      cpu = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  std::string mem = "unknown memory";
+  std::ifstream mi("/proc/meminfo");
+  for (std::string line; std::getline(mi, line);) {
+    if (line.rfind("MemTotal:", 0) == 0) {
+      const double kb = std::stod(line.substr(9));
+      mem = Fixed(kb / 1048576.0, 1) + " GiB";
+      break;
+    }
+  }
+  return cpu + ", " + std::to_string(std::thread::hardware_concurrency()) + " cores, " + mem;
+}
+
+std::string GitCommit() {
+  std::string c = ReadFirstLine("git rev-parse --short HEAD 2>/dev/null");
+  if (c.empty()) return "unknown";
+  if (!ReadFirstLine("git status --porcelain --untracked-files=no 2>/dev/null").empty()) c += " (with local changes)";
+  return c;
+}
+
+std::string UtcNow() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string CommandLine() {
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::string all(std::istreambuf_iterator<char>(f), {});
+  std::string out, arg;
+  auto flush = [&] {
+    const bool quote = arg.empty() || arg.find_first_of(" \t\"'$`\\*?;&|<>()") != std::string::npos;
+    if (!out.empty()) out += ' ';
+    if (!quote) {
+      out += arg;
+    } else {
+      out += '\'';
+      for (char c : arg) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+      out += '\'';
+    }
+    arg.clear();
+  };
+  for (char c : all) {
+    if (c == '\0') flush();
+    else arg.push_back(c);
+  }
+  if (!arg.empty()) flush();
+  return out;
+}
+
+}  // namespace asl::eval
