@@ -1,0 +1,321 @@
+// The key table and the typed parsers behind it. Adding a key: one entry in Options(), one line in
+// config/default.yaml (config_tests checks that the two agree).
+#include "config/options.h"
+
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <optional>
+#include <type_traits>
+
+namespace asl::config {
+namespace {
+
+std::string Trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  const size_t e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+std::optional<int64_t> ParseInt(const std::string& text) {
+  const std::string s = Trim(text);
+  int64_t v = 0;
+  const char* first = s.data();
+  if (!s.empty() && s[0] == '+') ++first;
+  auto [ptr, ec] = std::from_chars(first, s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+std::optional<double> ParseDouble(const std::string& text) {
+  const std::string s = Trim(text);
+  if (s.empty()) return std::nullopt;
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + s.size() || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+std::string FormatDouble(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
+std::string Range(int64_t lo, int64_t hi) {
+  if (hi == std::numeric_limits<int64_t>::max() || hi == std::numeric_limits<int>::max()) {
+    return ">= " + std::to_string(lo);
+  }
+  return "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+}
+
+// F: a generic lambda `[](auto* c) { return &c->member; }`, usable on const and mutable configs.
+template <typename F>
+Option IntOption(std::string key, std::string help, int64_t lo, int64_t hi, F field) {
+  Option o{std::move(key), "int", std::move(help), nullptr, nullptr};
+  o.set = [=](const std::string& value, ServerConfig* c) -> Status {
+    const std::optional<int64_t> v = ParseInt(value);
+    if (!v) return InvalidArgument("expected an integer, got '" + value + "'");
+    if (*v < lo || *v > hi) return InvalidArgument("must be " + Range(lo, hi) + ", got " + std::to_string(*v));
+    *field(c) = static_cast<std::remove_reference_t<decltype(*field(c))>>(*v);
+    return Status::Ok();
+  };
+  o.get = [=](const ServerConfig& c) { return std::to_string(*field(&c)); };
+  return o;
+}
+
+template <typename F>
+Option SizeOption(std::string key, std::string help, int64_t lo, int64_t hi, F field) {
+  Option o{std::move(key), "size", std::move(help), nullptr, nullptr};
+  o.set = [=](const std::string& value, ServerConfig* c) -> Status {
+    StatusOr<int64_t> v = ParseSize(value);
+    if (!v.ok()) return v.status();
+    if (*v < lo || *v > hi) {
+      return InvalidArgument("must be in [" + FormatSize(lo) + ", " + FormatSize(hi) + "], got " + Trim(value));
+    }
+    *field(c) = *v;
+    return Status::Ok();
+  };
+  o.get = [=](const ServerConfig& c) { return FormatSize(*field(&c)); };
+  return o;
+}
+
+// Accepts values v with lo <= v <= hi, or lo < v < hi when `open` (both ends open).
+template <typename F>
+Option FloatOption(std::string key, std::string help, double lo, double hi, bool open, F field) {
+  Option o{std::move(key), "float", std::move(help), nullptr, nullptr};
+  o.set = [=](const std::string& value, ServerConfig* c) -> Status {
+    const std::optional<double> v = ParseDouble(value);
+    if (!v) return InvalidArgument("expected a finite number, got '" + value + "'");
+    const bool ok = open ? (*v > lo && *v < hi) : (*v >= lo && *v <= hi);
+    if (!ok) {
+      const std::string range = open ? "in (" + FormatDouble(lo) + ", " + FormatDouble(hi) + ")"
+                                     : "in [" + FormatDouble(lo) + ", " + FormatDouble(hi) + "]";
+      return InvalidArgument("must be " + range + ", got " + FormatDouble(*v));
+    }
+    *field(c) = *v;
+    return Status::Ok();
+  };
+  o.get = [=](const ServerConfig& c) { return FormatDouble(*field(&c)); };
+  return o;
+}
+
+// A string checked by `check` (returns an error message, empty when fine).
+template <typename F, typename C>
+Option StringOption(std::string key, std::string type, std::string help, F field, C check) {
+  Option o{std::move(key), std::move(type), std::move(help), nullptr, nullptr};
+  o.set = [=](const std::string& value, ServerConfig* c) -> Status {
+    const std::string v = Trim(value);
+    const std::string why = check(v);
+    if (!why.empty()) return InvalidArgument(why);
+    *field(c) = v;
+    return Status::Ok();
+  };
+  o.get = [=](const ServerConfig& c) { return *field(&c); };
+  return o;
+}
+
+auto NonEmpty() {
+  return [](const std::string& v) { return v.empty() ? std::string("must not be empty") : std::string(); };
+}
+
+auto OneOf(std::vector<std::string> allowed) {
+  return [allowed](const std::string& v) {
+    for (const auto& a : allowed) {
+      if (v == a) return std::string();
+    }
+    std::string list;
+    for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+    return "must be one of " + list + ", got '" + v + "'";
+  };
+}
+
+std::string Join(const std::vector<std::string>& v, const char* sep) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
+  return out;
+}
+
+std::vector<std::string> PolicyNames() {
+  std::vector<std::string> out;
+  for (PolicyKind p : {PolicyKind::kFull, PolicyKind::kSnapKv, PolicyKind::kFastKv, PolicyKind::kGemFilter,
+                       PolicyKind::kAsl, PolicyKind::kAsl2Pass}) {
+    out.emplace_back(PolicyName(p));
+  }
+  return out;
+}
+
+std::vector<Option> BuildOptions() {
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max();
+  std::vector<Option> o;
+
+  // model
+  o.push_back(StringOption("model.path", "string",
+                           "model to serve: a .gguf file or a Hugging Face safetensors directory (relative paths: "
+                           "to the working directory, then to the source tree)",
+                           [](auto* c) { return &c->engine.model_path; }, NonEmpty()));
+  o.push_back(StringOption("model.device", "string", "compute device: cpu, cuda or cuda:N",
+                           [](auto* c) { return &c->engine.device; }, [](const std::string& v) {
+                             if (v == "cpu" || v == "cuda") return std::string();
+                             if (v.rfind("cuda:", 0) == 0 && ParseInt(v.substr(5)) && *ParseInt(v.substr(5)) >= 0) {
+                               return std::string();
+                             }
+                             return "must be cpu, cuda or cuda:N, got '" + v + "'";
+                           }));
+  o.push_back(StringOption("model.dtype", "float32|bfloat16", "compute and KV-cache dtype",
+                           [](auto* c) { return &c->engine.dtype; }, OneOf({"float32", "bfloat16"})));
+  o.push_back(IntOption("model.threads", "intra-op CPU threads; 0 = libtorch's default", 0, 4096,
+                        [](auto* c) { return &c->engine.num_threads; }));
+
+  // server
+  o.push_back(StringOption("server.host", "string", "address the gRPC server binds (0.0.0.0: all interfaces)",
+                           [](auto* c) { return &c->host; }, NonEmpty()));
+  o.push_back(IntOption("server.grpc_port", "gRPC port", 1, 65535, [](auto* c) { return &c->grpc_port; }));
+  o.push_back(IntOption("server.metrics_port", "Prometheus /metrics port (same host); 0 = no metrics endpoint", 0,
+                        65535, [](auto* c) { return &c->metrics_port; }));
+  o.push_back(IntOption("server.http_port", "asl-gateway's OpenAI-compatible HTTP port (asl-server ignores it)", 1,
+                        65535, [](auto* c) { return &c->http_port; }));
+  o.push_back(SizeOption("server.max_message_bytes", "largest gRPC message received or sent", 1024,
+                         std::numeric_limits<int>::max(), [](auto* c) { return &c->max_message_bytes; }));
+  o.push_back(IntOption("server.max_prompt_tokens",
+                        "longest prompt accepted, in tokens (INVALID_ARGUMENT beyond); 0 = the context length", 0,
+                        kIntMax, [](auto* c) { return &c->max_prompt_tokens; }));
+  o.push_back(FloatOption("server.shutdown_grace_seconds",
+                          "on SIGTERM/SIGINT, how long running requests may finish before they are aborted", 0.0,
+                          86400.0, false, [](auto* c) { return &c->shutdown_grace_seconds; }));
+
+  // kv_cache
+  o.push_back(SizeOption("kv_cache.bytes", "KV pool size; 0 = kv_cache.memory_fraction of free memory", 0, kI64Max,
+                         [](auto* c) { return &c->engine.kv_cache_bytes; }));
+  o.push_back(FloatOption("kv_cache.memory_fraction",
+                          "when kv_cache.bytes is 0: fraction of free memory (device memory on CUDA) for the pool", 0.0,
+                          1.0, true, [](auto* c) { return &c->engine.kv_cache_memory_fraction; }));
+  o.push_back(IntOption("kv_cache.block_size", "tokens per KV block", 1, 1024,
+                        [](auto* c) { return &c->engine.block_size; }));
+
+  // scheduler
+  o.push_back(IntOption("scheduler.max_num_seqs", "sequences running at once", 1, 65536,
+                        [](auto* c) { return &c->engine.max_num_seqs; }));
+  o.push_back(IntOption("scheduler.max_waiting", "requests waiting at once; beyond it RESOURCE_EXHAUSTED", 0, kIntMax,
+                        [](auto* c) { return &c->engine.max_waiting; }));
+  o.push_back(IntOption("scheduler.max_prefill_tokens", "prompt tokens prefilled per engine step", 1, kIntMax,
+                        [](auto* c) { return &c->engine.max_prefill_tokens; }));
+  o.push_back(IntOption("scheduler.max_model_len",
+                        "limit on prompt + max_tokens; 0 = the model's context length (larger values are capped)", 0,
+                        kIntMax, [](auto* c) { return &c->engine.max_model_len; }));
+
+  // pruning (defaults for requests that leave a knob unset; docs/asl-method.md §1, §7)
+  o.push_back(Option{"pruning.policy", Join(PolicyNames(), "|"), "pruning policy", nullptr, nullptr});
+  o.back().set = [](const std::string& value, ServerConfig* c) -> Status {
+    const std::string why = OneOf(PolicyNames())(Trim(value));
+    if (!why.empty()) return InvalidArgument(why);
+    c->engine.default_pruning.policy = *ParsePolicy(Trim(value));
+    return Status::Ok();
+  };
+  o.back().get = [](const ServerConfig& c) { return std::string(PolicyName(c.engine.default_pruning.policy)); };
+  o.push_back(IntOption("pruning.window", "W: observation window (last W prompt tokens)", 1, kIntMax,
+                        [](auto* c) { return &c->engine.default_pruning.window; }));
+  o.push_back(IntOption("pruning.kernel", "S: pooling width over tokens, odd", 1, kIntMax,
+                        [](auto* c) { return &c->engine.default_pruning.kernel; }));
+  o.push_back(Option{"pruning.pooling", "avg|max", "pooling of the scores", nullptr, nullptr});
+  o.back().set = [](const std::string& value, ServerConfig* c) -> Status {
+    const std::string v = Trim(value);
+    const std::string why = OneOf({"avg", "max"})(v);
+    if (!why.empty()) return InvalidArgument(why);
+    c->engine.default_pruning.pooling = v == "avg" ? Pooling::kAvg : Pooling::kMax;
+    return Status::Ok();
+  };
+  o.back().get = [](const ServerConfig& c) {
+    return std::string(c.engine.default_pruning.pooling == Pooling::kAvg ? "avg" : "max");
+  };
+  o.push_back(IntOption("pruning.min_layer", "L_min: first layer of ASL's variance test; -1 = round(layers * 10/32)",
+                        -1, kIntMax, [](auto* c) { return &c->engine.default_pruning.min_layer; }));
+  o.push_back(IntOption("pruning.obs_layers", "L_obs: layers the variance test looks back over", 1, kIntMax,
+                        [](auto* c) { return &c->engine.default_pruning.obs_layers; }));
+  o.push_back(FloatOption("pruning.tau", "tau: relative-variance threshold (> 0)", 0.0,
+                          std::numeric_limits<double>::max(), true,
+                          [](auto* c) { return &c->engine.default_pruning.tau; }));
+  o.push_back(IntOption("pruning.select_k", "tokens propagated past the selection layer, window included", 2, kIntMax,
+                        [](auto* c) { return &c->engine.default_pruning.select_k; }));
+  o.push_back(IntOption("pruning.kv_budget", "KV tokens kept per layer and KV head, window included; 0 = keep all",
+                        0, kIntMax, [](auto* c) { return &c->engine.default_pruning.kv_budget; }));
+  o.push_back(IntOption("pruning.max_layer", "force ASL's selection here if tau is never reached; -1 = never", -1,
+                        kIntMax, [](auto* c) { return &c->engine.default_pruning.max_layer; }));
+  o.push_back(IntOption("pruning.select_layer",
+                        "fixed layer of fastkv/gemfilter; -1 = round(layers * 15/32) / round(layers * 13/32)", -1,
+                        kIntMax, [](auto* c) { return &c->engine.default_pruning.select_layer; }));
+
+  // log
+  o.push_back(StringOption("log.level", "trace|debug|info|warn|error|critical|off", "log level",
+                           [](auto* c) { return &c->log_level; },
+                           OneOf({"trace", "debug", "info", "warn", "error", "critical", "off"})));
+  return o;
+}
+
+}  // namespace
+
+const std::vector<Option>& Options() {
+  static const std::vector<Option> kOptions = BuildOptions();
+  return kOptions;
+}
+
+const Option* FindOption(const std::string& key) {
+  for (const Option& o : Options()) {
+    if (o.key == key) return &o;
+  }
+  return nullptr;
+}
+
+bool IsSection(const std::string& section) {
+  for (const Option& o : Options()) {
+    if (o.key.rfind(section + ".", 0) == 0) return true;
+  }
+  return false;
+}
+
+StatusOr<int64_t> ParseSize(const std::string& text) {
+  const std::string s = Trim(text);
+  size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  const std::string number = s.substr(0, i);
+  std::string unit = Trim(s.substr(i));
+  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::optional<double> v = number.empty() ? std::nullopt : ParseDouble(number);
+  auto bad = [&] {
+    return InvalidArgument("expected a size such as 4096, 512MiB or 2G, got '" + text + "'");
+  };
+  if (!v) return bad();
+  double mult = 0;
+  if (unit.empty() || unit == "b") mult = 1;
+  else if (unit == "k" || unit == "kib") mult = 1024.0;
+  else if (unit == "m" || unit == "mib") mult = 1024.0 * 1024;
+  else if (unit == "g" || unit == "gib") mult = 1024.0 * 1024 * 1024;
+  else if (unit == "t" || unit == "tib") mult = 1024.0 * 1024 * 1024 * 1024;
+  else if (unit == "kb") mult = 1e3;
+  else if (unit == "mb") mult = 1e6;
+  else if (unit == "gb") mult = 1e9;
+  else if (unit == "tb") mult = 1e12;
+  else return bad();
+  const double bytes = *v * mult;
+  if (bytes >= 9.2e18) return InvalidArgument("size too large: '" + text + "'");
+  if (bytes != std::floor(bytes)) return InvalidArgument("size is not a whole number of bytes: '" + text + "'");
+  return static_cast<int64_t>(bytes);
+}
+
+std::string FormatSize(int64_t bytes) {
+  static const char* kUnits[] = {"TiB", "GiB", "MiB", "KiB"};
+  static const int64_t kMults[] = {1LL << 40, 1LL << 30, 1LL << 20, 1LL << 10};
+  if (bytes > 0) {
+    for (int i = 0; i < 4; ++i) {
+      if (bytes % kMults[i] == 0) return std::to_string(bytes / kMults[i]) + kUnits[i];
+    }
+  }
+  return std::to_string(bytes);
+}
+
+}  // namespace asl::config

@@ -1,0 +1,66 @@
+// ServerMetrics: the engine's EngineMetrics implemented with prometheus-cpp, plus the server's own
+// counters, served on GET /metrics by an Exposer on its own port. Metric names and bucket layouts:
+// docs/architecture.md "Metrics" (latency buckets are vLLM's, so its dashboards fit).
+//
+// Threads: OnRequestFinished / OnStep / OnPreemption run on the engine thread and only touch
+// prometheus-cpp metrics (atomics and short internal locks): they never block for long.
+// OnRejected runs on gRPC threads. Gauges (KV blocks, running/waiting, memory) are read at scrape
+// time from EngineStats on the Exposer's thread, so they are never staler than the engine's last
+// published snapshot.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "engine/engine.h"
+
+namespace prometheus {
+class Exposer;
+class Registry;
+class Collectable;
+}  // namespace prometheus
+
+namespace asl::server {
+
+class ServerMetrics final : public EngineMetrics {
+ public:
+  ServerMetrics();
+  ~ServerMetrics() override;
+
+  // Starts serving GET /metrics on host:port (port 0: an ephemeral port). Error naming the address
+  // when it cannot bind.
+  [[nodiscard]] Status StartExposer(const std::string& host, int port);
+  // The bound port, 0 before StartExposer.
+  int port() const { return port_; }
+
+  // Called once the model is loaded, before the first request: creates asl_selection_layer with
+  // one bucket per layer (first call only), and the source of the scrape-time gauges; a null
+  // `stats` detaches the engine (before it is destroyed). Any thread.
+  void SetModel(int num_layers, std::function<EngineStats()> stats);
+
+  // A request refused before it reached the engine (validation, queue full, draining).
+  // `status` is the gRPC code's name in lower case ("invalid_argument").
+  void OnRejected(const std::string& status, const std::string& policy);
+
+  // EngineMetrics (engine thread).
+  void OnRequestFinished(const GenerateRequest& request, const FinishEvent& event) override;
+  void OnStep(const EngineStats& stats, int64_t num_prefill_tokens, int64_t num_decode_tokens) override;
+  void OnPreemption() override;
+
+  // The text exposition of every metric (what GET /metrics returns); for tests and debugging.
+  std::string Render() const;
+
+ private:
+  struct Families;
+  class GaugeCollector;
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<Families> f_;
+  std::shared_ptr<GaugeCollector> gauges_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+};
+
+}  // namespace asl::server

@@ -1,0 +1,232 @@
+// asl_config: defaults, the YAML file, flag overrides and precedence, and the errors (unknown key,
+// bad type, bad range), each naming the key.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "config/server_config.h"
+
+namespace asl::config {
+namespace {
+
+std::string WriteTemp(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+StatusOr<ParsedArgs> Parse(std::vector<std::string> args) { return ParseServerArgs(args); }
+
+// Expects an INVALID_ARGUMENT whose message contains every one of `needles`.
+void ExpectError(const Status& st, std::vector<std::string> needles) {
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+  for (const auto& n : needles) EXPECT_NE(st.message().find(n), std::string::npos) << st.message() << " lacks " << n;
+}
+
+TEST(ServerConfig, BuiltInDefaults) {
+  StatusOr<ParsedArgs> r = Parse({});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const ServerConfig& c = r->config;
+  EXPECT_FALSE(r->help);
+  EXPECT_EQ(c.engine.model_path, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+  EXPECT_EQ(c.engine.device, "cpu");
+  EXPECT_EQ(c.engine.dtype, "float32");
+  EXPECT_EQ(c.engine.num_threads, 0);
+  EXPECT_EQ(c.host, "0.0.0.0");
+  EXPECT_EQ(c.grpc_port, 50051);
+  EXPECT_EQ(c.metrics_port, 9090);
+  EXPECT_EQ(c.http_port, 8080);
+  EXPECT_EQ(c.max_message_bytes, 16 << 20);
+  EXPECT_EQ(c.max_prompt_tokens, 0);
+  EXPECT_DOUBLE_EQ(c.shutdown_grace_seconds, 30.0);
+  EXPECT_EQ(c.engine.kv_cache_bytes, 0);
+  EXPECT_DOUBLE_EQ(c.engine.kv_cache_memory_fraction, 0.25);
+  EXPECT_EQ(c.engine.block_size, 16);
+  EXPECT_EQ(c.engine.max_num_seqs, 64);
+  EXPECT_EQ(c.engine.max_waiting, 256);
+  EXPECT_EQ(c.engine.max_prefill_tokens, 8192);
+  EXPECT_EQ(c.engine.max_model_len, 0);
+  const PruningParams& p = c.engine.default_pruning;
+  EXPECT_EQ(p.policy, PolicyKind::kFull);
+  EXPECT_EQ(p.window, 32);
+  EXPECT_EQ(p.kernel, 7);
+  EXPECT_EQ(p.pooling, Pooling::kAvg);
+  EXPECT_EQ(p.min_layer, -1);
+  EXPECT_EQ(p.obs_layers, 8);
+  EXPECT_DOUBLE_EQ(p.tau, 0.3);
+  EXPECT_EQ(p.select_k, 2048);
+  EXPECT_EQ(p.kv_budget, 2048);
+  EXPECT_EQ(p.max_layer, -1);
+  EXPECT_EQ(p.select_layer, -1);
+  EXPECT_EQ(c.log_level, "info");
+  EXPECT_TRUE(c.config_file.empty());
+}
+
+// config/default.yaml documents every key with its built-in default: loading it changes nothing,
+// and it names every key.
+TEST(ServerConfig, DefaultYamlMatchesBuiltInDefaults) {
+  ServerConfig from_file;
+  ASSERT_TRUE(ApplyYamlFile(ASL_DEFAULT_CONFIG, &from_file).ok());
+  EXPECT_EQ(DumpServerConfig(from_file), DumpServerConfig(ServerConfig()));
+  std::ifstream f(ASL_DEFAULT_CONFIG);
+  const std::string text((std::istreambuf_iterator<char>(f)), {});
+  for (const std::string& key : ServerConfigKeys()) {
+    const std::string leaf = key.substr(key.find('.') + 1);
+    EXPECT_NE(text.find("  " + leaf + ":"), std::string::npos) << "default.yaml lacks " << key;
+  }
+}
+
+TEST(ServerConfig, FileOverridesDefaults) {
+  const std::string path = WriteTemp("file.yaml",
+                                     "model:\n  path: /tmp/m.gguf\n  threads: 3\n"
+                                     "server:\n  grpc_port: 6000\n  max_message_bytes: 4MiB\n"
+                                     "kv_cache:\n  bytes: 512MiB\n"
+                                     "pruning:\n  policy: asl\n  tau: 0.5\n  pooling: max\n"
+                                     "log:\n  level: debug\n");
+  StatusOr<ParsedArgs> r = Parse({"--config", path});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const ServerConfig& c = r->config;
+  EXPECT_EQ(c.config_file, path);
+  EXPECT_EQ(c.engine.model_path, "/tmp/m.gguf");
+  EXPECT_EQ(c.engine.num_threads, 3);
+  EXPECT_EQ(c.grpc_port, 6000);
+  EXPECT_EQ(c.max_message_bytes, 4 << 20);
+  EXPECT_EQ(c.engine.kv_cache_bytes, 512LL << 20);
+  EXPECT_EQ(c.engine.default_pruning.policy, PolicyKind::kAsl);
+  EXPECT_DOUBLE_EQ(c.engine.default_pruning.tau, 0.5);
+  EXPECT_EQ(c.engine.default_pruning.pooling, Pooling::kMax);
+  EXPECT_EQ(c.log_level, "debug");
+  EXPECT_EQ(c.metrics_port, 9090);  // untouched keys keep their default
+}
+
+TEST(ServerConfig, FlagsOverrideFileWhateverTheOrder) {
+  const std::string path = WriteTemp("flags.yaml", "server:\n  grpc_port: 6000\n  metrics_port: 6001\n");
+  // --config comes last on the command line but is applied first.
+  StatusOr<ParsedArgs> r = Parse({"--server.grpc_port=7000", "--kv_cache.bytes", "1G", "--pruning.policy=snapkv",
+                                  "--config=" + path});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->config.grpc_port, 7000);
+  EXPECT_EQ(r->config.metrics_port, 6001);
+  EXPECT_EQ(r->config.engine.kv_cache_bytes, 1LL << 30);
+  EXPECT_EQ(r->config.engine.default_pruning.policy, PolicyKind::kSnapKv);
+}
+
+TEST(ServerConfig, EveryKeyIsAFlag) {
+  const ServerConfig defaults;
+  for (const std::string& key : ServerConfigKeys()) {
+    StatusOr<std::string> v = GetConfigValue(key, defaults);
+    ASSERT_TRUE(v.ok()) << key;
+    // A key set to its own default round-trips through its text form.
+    StatusOr<ParsedArgs> r = Parse({"--" + key + "=" + *v});
+    ASSERT_TRUE(r.ok()) << key << ": " << r.status().ToString();
+    EXPECT_EQ(DumpServerConfig(r->config), DumpServerConfig(defaults)) << key;
+  }
+}
+
+TEST(ServerConfig, UnknownKeyInFileNamesIt) {
+  const std::string path = WriteTemp("unknown.yaml", "model:\n  pth: x.gguf\n");
+  StatusOr<ParsedArgs> r = Parse({"--config", path});
+  ExpectError(r.status(), {"model.pth", "unknown key", "unknown.yaml", "line 2"});
+  ExpectError(Parse({"--config", WriteTemp("unknown2.yaml", "modle:\n  path: x\n")}).status(), {"modle", "unknown"});
+}
+
+TEST(ServerConfig, UnknownFlagNamesIt) {
+  ExpectError(Parse({"--model.pth=x"}).status(), {"--model.pth", "unknown"});
+  ExpectError(Parse({"--bogus", "1"}).status(), {"--bogus", "unknown"});
+  ExpectError(Parse({"positional"}).status(), {"positional"});
+  ExpectError(Parse({"--model.threads"}).status(), {"--model.threads", "missing value"});
+}
+
+TEST(ServerConfig, BadTypeNamesTheKey) {
+  ExpectError(Parse({"--model.threads=four"}).status(), {"--model.threads", "integer", "four"});
+  ExpectError(Parse({"--pruning.tau=high"}).status(), {"--pruning.tau", "number"});
+  ExpectError(Parse({"--kv_cache.bytes=lots"}).status(), {"--kv_cache.bytes", "size"});
+  ExpectError(Parse({"--model.dtype=float16"}).status(), {"--model.dtype", "float32", "bfloat16"});
+  ExpectError(Parse({"--pruning.policy=h2o"}).status(), {"--pruning.policy", "asl_2pass", "h2o"});
+  const std::string seq = WriteTemp("seq.yaml", "server:\n  grpc_port: [1, 2]\n");
+  ExpectError(Parse({"--config", seq}).status(), {"server.grpc_port", "single int"});
+  const std::string map = WriteTemp("map.yaml", "model: cpu\n");
+  ExpectError(Parse({"--config", map}).status(), {"model", "mapping"});
+  const std::string yaml = WriteTemp("broken.yaml", "model:\n  path: [unclosed\n");
+  ExpectError(Parse({"--config", yaml}).status(), {"broken.yaml", "YAML"});
+  const std::string typed = WriteTemp("typed.yaml", "scheduler:\n  max_num_seqs: 1.5\n");
+  ExpectError(Parse({"--config", typed}).status(), {"scheduler.max_num_seqs", "integer", "line 2"});
+}
+
+TEST(ServerConfig, OutOfRangeNamesTheKey) {
+  ExpectError(Parse({"--server.grpc_port=70000"}).status(), {"--server.grpc_port", "[1, 65535]", "70000"});
+  ExpectError(Parse({"--scheduler.max_num_seqs=0"}).status(), {"--scheduler.max_num_seqs", "0"});
+  ExpectError(Parse({"--kv_cache.memory_fraction=1.5"}).status(), {"--kv_cache.memory_fraction", "(0, 1)"});
+  ExpectError(Parse({"--kv_cache.block_size=0"}).status(), {"--kv_cache.block_size"});
+  ExpectError(Parse({"--pruning.tau=0"}).status(), {"--pruning.tau"});
+  ExpectError(Parse({"--pruning.window=0"}).status(), {"--pruning.window"});
+  ExpectError(Parse({"--server.max_message_bytes=10"}).status(), {"--server.max_message_bytes"});
+  ExpectError(Parse({"--model.device=tpu"}).status(), {"--model.device", "tpu"});
+  // Constraints between keys name the key that breaks them.
+  ExpectError(Parse({"--pruning.kernel=4"}).status(), {"pruning.kernel", "odd"});
+  ExpectError(Parse({"--pruning.select_k=16"}).status(), {"pruning.select_k", "pruning.window"});
+  ExpectError(Parse({"--pruning.kv_budget=8"}).status(), {"pruning.kv_budget"});
+  ExpectError(Parse({"--pruning.min_layer=2"}).status(), {"pruning.min_layer", "obs_layers"});
+  ExpectError(Parse({"--pruning.min_layer=10", "--pruning.max_layer=5"}).status(), {"pruning.max_layer"});
+  ExpectError(Parse({"--server.metrics_port=50051"}).status(), {"server.metrics_port"});
+  const std::string path = WriteTemp("range.yaml", "kv_cache:\n  block_size: 4096\n");
+  ExpectError(Parse({"--config", path}).status(), {"kv_cache.block_size", "4096", "range.yaml"});
+}
+
+TEST(ServerConfig, MissingConfigFile) {
+  StatusOr<ParsedArgs> r = Parse({"--config", "/nonexistent/asl.yaml"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(r.status().message().find("/nonexistent/asl.yaml"), std::string::npos);
+}
+
+TEST(ServerConfig, EmptyFileAndEmptySectionKeepDefaults) {
+  StatusOr<ParsedArgs> a = Parse({"--config", WriteTemp("empty.yaml", "")});
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  StatusOr<ParsedArgs> b = Parse({"--config", WriteTemp("emptysec.yaml", "model:\n")});
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(DumpServerConfig(b->config), DumpServerConfig(ServerConfig()));
+}
+
+TEST(ServerConfig, HelpListsEveryKeyWithDefault) {
+  StatusOr<ParsedArgs> r = Parse({"--help"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->help);
+  const std::string help = ServerHelpText("asl-server");
+  for (const std::string& key : ServerConfigKeys()) EXPECT_NE(help.find("--" + key + " ("), std::string::npos) << key;
+  EXPECT_NE(help.find("--kv_cache.bytes (size, default 0)"), std::string::npos) << help;
+  EXPECT_NE(help.find("--server.max_message_bytes (size, default 16MiB)"), std::string::npos);
+  EXPECT_NE(help.find("--pruning.policy (full|snapkv|fastkv|gemfilter|asl|asl_2pass, default full)"),
+            std::string::npos);
+  EXPECT_NE(help.find("--config FILE"), std::string::npos);
+}
+
+TEST(ParseSize, Suffixes) {
+  EXPECT_EQ(*ParseSize("4096"), 4096);
+  EXPECT_EQ(*ParseSize("0"), 0);
+  EXPECT_EQ(*ParseSize("512MiB"), 512LL << 20);
+  EXPECT_EQ(*ParseSize("512mib"), 512LL << 20);
+  EXPECT_EQ(*ParseSize("1G"), 1LL << 30);
+  EXPECT_EQ(*ParseSize("1.5GiB"), 3LL << 29);
+  EXPECT_EQ(*ParseSize("2GB"), 2000000000LL);
+  EXPECT_EQ(*ParseSize("64 KiB"), 64 << 10);
+  EXPECT_EQ(*ParseSize("3k"), 3072);
+  EXPECT_EQ(*ParseSize("1T"), 1LL << 40);
+  EXPECT_EQ(*ParseSize("7B"), 7);
+  EXPECT_FALSE(ParseSize("").ok());
+  EXPECT_FALSE(ParseSize("-1").ok());
+  EXPECT_FALSE(ParseSize("1.5").ok());
+  EXPECT_FALSE(ParseSize("12XB").ok());
+  EXPECT_FALSE(ParseSize("1..2M").ok());
+  EXPECT_FALSE(ParseSize("99999999T").ok());
+  EXPECT_EQ(FormatSize(16 << 20), "16MiB");
+  EXPECT_EQ(FormatSize(1000), "1000");
+  EXPECT_EQ(FormatSize(0), "0");
+}
+
+}  // namespace
+}  // namespace asl::config
