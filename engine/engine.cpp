@@ -295,7 +295,11 @@ void EngineImpl::Loop() {
       PublishStats();
       return;
     }
-    if (HasWork()) Step();
+    if (HasWork()) {
+      Step();
+    } else {
+      PublishStats();  // cancellations may have freed blocks without a step
+    }
   }
 }
 

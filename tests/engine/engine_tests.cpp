@@ -110,6 +110,7 @@ TEST_F(EngineTest, BatchedRequestsMatchRunningAlone) {
   ASSERT_TRUE(engine.ok()) << engine.status().ToString();
   std::vector<std::shared_ptr<Collect>> sinks;
   RunStaggered(**engine, reqs, sinks);
+  if (HasFatalFailure()) return;
   for (size_t i = 0; i < reqs.size(); ++i) {
     SCOPED_TRACE("request " + std::to_string(i) + " " + PolicyName(reqs[i].pruning.policy));
     EXPECT_EQ(sinks[i]->finish.reason, FinishReason::kLength);
@@ -120,11 +121,13 @@ TEST_F(EngineTest, BatchedRequestsMatchRunningAlone) {
 
 TEST_F(EngineTest, PreemptionByRecomputeFinishesCorrectly) {
   auto reqs = Mixed();
-  // A pool too small for all of them at once (each needs up to ~30 layers x a few blocks).
-  auto engine = Engine::Create(Config(3 << 20));
+  // 40 MiB = 1706 blocks of 24 KiB: room for the largest request alone (full KV of 772 + 16 tokens
+  // = 1500 blocks), not for all of them at once.
+  auto engine = Engine::Create(Config(40 << 20));
   ASSERT_TRUE(engine.ok()) << engine.status().ToString();
   std::vector<std::shared_ptr<Collect>> sinks;
   RunStaggered(**engine, reqs, sinks);
+  if (HasFatalFailure()) return;
   int preempted = 0;
   for (size_t i = 0; i < reqs.size(); ++i) {
     SCOPED_TRACE("request " + std::to_string(i));

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Latency vs context: prefill tokens/s, TTFT and TPOT per policy, default model, this machine.
+
+Runs `asl-cli generate` on essay text cut to each prompt length (same tokens for every policy),
+repeats each cell, and writes a markdown table with median/min/max and ratios to `full`.
+
+  .venv/bin/python bench/latency.py --lengths 512 2048 8192 --policies full snapkv fastkv asl \
+      --budget 512 --reps 3 --out bench/results/latency.md
+"""
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def machine():
+    cpu = "unknown"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(open("/proc/meminfo").readline().split()[1]) / 1048576
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def commit():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def prompt_ids(cli, model, n, essays):
+    text = ""
+    for f in sorted(pathlib.Path(essays).glob("*.txt")):
+        text += f.read_text() + "\n"
+        if len(text) > n * 6:
+            break
+    out = subprocess.run([cli, "tokenize", "--model", model, "--prompt", text, "--json"],
+                         capture_output=True, text=True, check=True)
+    ids = json.loads(out.stdout)["token_ids"]
+    assert len(ids) >= n, f"not enough essay text for {n} tokens"
+    return ids[:n]
+
+
+def run(cli, model, ids, policy, budget, max_tokens, threads, extra):
+    cmd = [cli, "generate", "--model", model, "--json", "--ids", ",".join(map(str, ids)),
+           "--max-tokens", str(max_tokens), "--ignore-eos", "--policy", policy,
+           "--kv-budget", str(budget if policy != "full" else 0), "--select-k", str(budget),
+           "--kv-cache", "2GiB", *extra]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout)
+
+
+def fmt(values, scale=1.0, digits=3):
+    v = [x * scale for x in values]
+    return f"{statistics.median(v):.{digits}f} ({min(v):.{digits}f}-{max(v):.{digits}f})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cli", default=str(ROOT / "build" / "bin" / "asl-cli"))
+    ap.add_argument("--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--essays", default=str(ROOT.parent / "shared" / "data" / "pg-essays"))
+    ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
+    ap.add_argument("--policies", nargs="+", default=["full", "snapkv", "fastkv", "asl"])
+    ap.add_argument("--budget", type=int, default=512)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.md"))
+    a = ap.parse_args()
+
+    rows = []
+    for n in a.lengths:
+        max_tokens = min(a.max_tokens, 8192 - n) if n + a.max_tokens > 8192 else a.max_tokens
+        ids = prompt_ids(a.cli, a.model, n, a.essays)
+        base = None
+        for policy in a.policies:
+            res = [run(a.cli, a.model, ids, policy, a.budget, max_tokens, a.threads, a.extra) for _ in range(a.reps)]
+            prefill = [r["pruning"]["prefill_seconds"] for r in res]
+            ttft = [r["timings"]["ttft_seconds"] for r in res]
+            tpot = [r["timings"]["mean_tpot_seconds"] for r in res]
+            rep = res[0]["pruning"]
+            row = dict(n=n, policy=policy, prefill=prefill, ttft=ttft, tpot=tpot, max_tokens=max_tokens,
+                       kv=rep["kv_tokens_kept"], kv_full=rep["kv_tokens_full"], kv_bytes=rep["kv_bytes"],
+                       layer=rep["selection_layer"], outcome=rep["outcome"])
+            if policy == "full":
+                base = row
+            row["ttft_ratio"] = statistics.median(ttft) / statistics.median(base["ttft"]) if base else None
+            row["tpot_ratio"] = statistics.median(tpot) / statistics.median(base["tpot"]) if base else None
+            rows.append(row)
+            print(f"n={n} {policy}: prefill {statistics.median(prefill):.3f}s, "
+                  f"tpot {statistics.median(tpot)*1000:.1f}ms, kv {row['kv']}/{row['kv_full']}", file=sys.stderr)
+
+    cmd = " ".join([".venv/bin/python", "bench/latency.py"] + sys.argv[1:])
+    lines = [
+        "# Latency vs context (CPU, default model)", "",
+        f"- date: {datetime.date.today()}", f"- commit: {commit()}", f"- machine: {machine()}",
+        f"- model: {pathlib.Path(a.model).name}, float32 weights (dequantised Q4_1)",
+        f"- budget: kv_budget = select_k = {a.budget} for pruning policies; full keeps everything",
+        f"- {a.reps} repetitions per cell: median (min-max)", f"- command: `{cmd}`", "",
+        "| prompt | policy | prefill s | prefill tok/s | TTFT s | TPOT ms | decode tok/s | TTFT / full | TPOT / full | KV tokens kept (sum over layers) | KV MiB | selection |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tps = [r["n"] / p for p in r["prefill"]]
+        dec = [1.0 / t for t in r["tpot"] if t > 0]
+        sel = r["outcome"] if r["layer"] < 0 else f'{r["outcome"]} @ {r["layer"]}'
+        lines.append(
+            f'| {r["n"]} | {r["policy"]} | {fmt(r["prefill"])} | {statistics.median(tps):.0f} | {fmt(r["ttft"])} | '
+            f'{fmt(r["tpot"], 1000, 1)} | {statistics.median(dec):.1f} | {r["ttft_ratio"]:.2f} | {r["tpot_ratio"]:.2f} | '
+            f'{r["kv"]} / {r["kv_full"]} | {r["kv_bytes"] / 1048576:.1f} | {sel} |')
+    pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(a.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
