@@ -498,7 +498,7 @@ void EngineImpl::Finish(Entry& e, FinishReason reason, Status status) {
   ev.pruning = e.report_final;
   ev.pruning.policy = e.request.pruning.policy;
   ev.num_preemptions = s.num_preemptions;
-  ASL_LOG_INFO("request {} ({}) finished: {} prompt + {} output tokens, policy {}, selection {} {}, kv kept {}/{}, "
+  ASL_LOG_DEBUG("request {} ({}) finished: {} prompt + {} output tokens, policy {}, selection {} {}, kv kept {}/{}, "
                "ttft {:.3f}s, e2e {:.3f}s, reason {}{}",
                s.id, e.request.client_id, s.num_prompt_tokens, s.output_ids.size(), PolicyName(e.request.pruning.policy),
                SelectionOutcomeName(ev.pruning.outcome), ev.pruning.selection_layer, ev.pruning.num_kv_tokens_kept,

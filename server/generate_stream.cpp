@@ -8,7 +8,9 @@
 namespace asl::server {
 namespace {
 
+// `out` is reused: the previous write has completed, so its bytes can go.
 void Serialize(const v1::GenerateResponse& msg, grpc::ByteBuffer* out) {
+  out->Clear();
   bool own = false;
   // Serialization of a message we built cannot fail short of memory exhaustion.
   (void)grpc::SerializationTraits<v1::GenerateResponse>::Serialize(msg, out, &own);

@@ -23,8 +23,8 @@ class ServerMetrics;
 
 enum class ServingState { kLoading, kServing, kDraining };
 
-using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<
-    v1::Generation::WithRawCallbackMethod_Tokenize<v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>;
+using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<v1::Generation::WithRawCallbackMethod_Tokenize<
+    v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>;
 
 class GenerationService final : public GenerationServiceBase {
  public:

@@ -1,11 +1,14 @@
 // asl-server: parses the configuration, starts listening, loads the model, serves until SIGTERM or
 // SIGINT, then drains and exits 0. A second signal during the drain exits at once (status 1).
+#include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
-#include <condition_variable>
+#include <cerrno>
 #include <cstdio>
-#include <mutex>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,38 +19,37 @@
 
 namespace {
 
-// Signals are blocked in every thread (the mask is inherited by gRPC's, libtorch's and the
-// Exposer's threads) and taken by this one thread with sigwait: no async-signal-safety concerns.
-class SignalWaiter {
- public:
-  explicit SignalWaiter(const sigset_t& set) : set_(set) {
-    std::thread([this] { Run(); }).detach();
-  }
-  int Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return signal_ != 0; });
-    return signal_;
-  }
+// SIGTERM/SIGINT handling with a self-pipe: the handler only write()s the signal number
+// (async-signal-safe) and the main thread reads it. Blocking the signals and sigwait()ing is not
+// enough here: libraries loaded before main() start threads that do not block them, and a signal
+// delivered to one of those would kill the process without a drain.
+int g_signal_pipe[2] = {-1, -1};
 
- private:
-  void Run() {
-    int sig = 0;
-    sigwait(&set_, &sig);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      signal_ = sig;
-    }
-    cv_.notify_all();
-    sigwait(&set_, &sig);
-    std::fprintf(stderr, "asl-server: second signal %d during shutdown: exiting now\n", sig);
-    std::_Exit(1);
-  }
+void OnSignal(int sig) {
+  const unsigned char c = static_cast<unsigned char>(sig);
+  (void)!::write(g_signal_pipe[1], &c, 1);
+}
 
-  sigset_t set_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int signal_ = 0;
-};
+bool InstallSignalHandlers() {
+  if (::pipe2(g_signal_pipe, O_CLOEXEC) != 0) return false;
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  return ::sigaction(SIGTERM, &sa, nullptr) == 0 && ::sigaction(SIGINT, &sa, nullptr) == 0 &&
+         ::signal(SIGPIPE, SIG_IGN) != SIG_ERR;
+}
+
+// Blocks until a signal arrives (or one arrived earlier, e.g. while the model loaded).
+int WaitForSignal() {
+  unsigned char c = 0;
+  while (true) {
+    const ssize_t n = ::read(g_signal_pipe[0], &c, 1);
+    if (n == 1) return c;
+    if (n < 0 && errno == EINTR) continue;
+    return SIGTERM;  // the pipe broke: treat as a stop request
+  }
+}
 
 }  // namespace
 
@@ -66,13 +68,10 @@ int main(int argc, char** argv) {
   const config::ServerConfig& cfg = parsed->config;
   (void)SetLogLevel(cfg.log_level);  // validated by the config
 
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-  SignalWaiter signals(set);
+  if (!InstallSignalHandlers()) {
+    std::fprintf(stderr, "asl-server: cannot install signal handlers: %s\n", std::strerror(errno));
+    return 1;
+  }
 
   spdlog::info("asl-server starting{}", cfg.config_file.empty() ? "" : " with " + cfg.config_file);
   spdlog::debug("configuration:\n{}", config::DumpServerConfig(cfg));
@@ -86,8 +85,13 @@ int main(int argc, char** argv) {
     server.Shutdown();
     return 1;
   }
-  const int sig = signals.Wait();
-  spdlog::info("signal {} received: draining", sig);
+  const int sig = WaitForSignal();
+  spdlog::info("signal {} received: draining (a second signal exits at once)", sig);
+  std::thread([] {
+    const int again = WaitForSignal();
+    std::fprintf(stderr, "asl-server: second signal %d during shutdown: exiting now\n", again);
+    std::_Exit(1);
+  }).detach();
   server.Shutdown();
   return 0;
 }

@@ -1,11 +1,12 @@
 // ServerMetrics: the engine's EngineMetrics implemented with prometheus-cpp, plus the server's own
-// counters, served on GET /metrics by an Exposer on its own port. Metric names and bucket layouts:
+// counters, served on GET /metrics on its own port (MetricsHttpServer). Metric names and bucket
+// layouts:
 // docs/architecture.md "Metrics" (latency buckets are vLLM's, so its dashboards fit).
 //
 // Threads: OnRequestFinished / OnStep / OnPreemption run on the engine thread and only touch
 // prometheus-cpp metrics (atomics and short internal locks): they never block for long.
 // OnRejected runs on gRPC threads. Gauges (KV blocks, running/waiting, memory) are read at scrape
-// time from EngineStats on the Exposer's thread, so they are never staler than the engine's last
+// time from EngineStats on the /metrics thread, so they are never staler than the engine's last
 // published snapshot.
 #pragma once
 
@@ -17,12 +18,12 @@
 #include "engine/engine.h"
 
 namespace prometheus {
-class Exposer;
 class Registry;
-class Collectable;
 }  // namespace prometheus
 
 namespace asl::server {
+
+class MetricsHttpServer;
 
 class ServerMetrics final : public EngineMetrics {
  public:
@@ -31,9 +32,11 @@ class ServerMetrics final : public EngineMetrics {
 
   // Starts serving GET /metrics on host:port (port 0: an ephemeral port). Error naming the address
   // when it cannot bind.
-  [[nodiscard]] Status StartExposer(const std::string& host, int port);
-  // The bound port, 0 before StartExposer.
-  int port() const { return port_; }
+  [[nodiscard]] Status StartHttp(const std::string& host, int port);
+  // Stops serving /metrics (before the engine whose stats it reads goes away).
+  void StopHttp();
+  // The bound port, 0 before StartHttp.
+  int port() const;
 
   // Called once the model is loaded, before the first request: creates asl_selection_layer with
   // one bucket per layer (first call only), and the source of the scrape-time gauges; a null
@@ -59,8 +62,7 @@ class ServerMetrics final : public EngineMetrics {
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Families> f_;
   std::shared_ptr<GaugeCollector> gauges_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
-  int port_ = 0;
+  std::unique_ptr<MetricsHttpServer> http_;
 };
 
 }  // namespace asl::server

@@ -40,8 +40,9 @@ AslServer::~AslServer() {
   Shutdown();
   server_.reset();
   service_.reset();
-  // The engine holds the metrics (EngineMetrics); the Exposer must stop reading the engine's
-  // stats before the engine goes.
+  // The engine holds the metrics (EngineMetrics) and outlives metrics_; /metrics must stop
+  // reading the engine's stats before the engine goes.
+  metrics_->StopHttp();
   metrics_->SetModel(0, nullptr);
   engine_.reset();
 }
@@ -50,7 +51,7 @@ int AslServer::metrics_port() const { return metrics_->port(); }
 
 Status AslServer::Start() {
   if (config_.metrics_port != 0) {
-    ASL_RETURN_IF_ERROR(metrics_->StartExposer(config_.host, config_.metrics_port));
+    ASL_RETURN_IF_ERROR(metrics_->StartHttp(config_.host, config_.metrics_port));
     spdlog::info("metrics on http://{}:{}/metrics", config_.host, metrics_->port());
   }
   grpc::EnableDefaultHealthCheckService(true);

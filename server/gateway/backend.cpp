@@ -1,0 +1,57 @@
+#include "server/gateway/backend.h"
+
+#include <chrono>
+
+namespace asl::gateway {
+namespace {
+
+void SetTimeout(grpc::ClientContext* ctx, double seconds) {
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6)));
+}
+
+}  // namespace
+
+Backend::Backend(const std::string& address, int max_message_bytes) : address_(address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(max_message_bytes);
+  args.SetMaxSendMessageSize(max_message_bytes);
+  // Reconnect quickly after a backend restart: the default backoff grows to two minutes.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  generation_ = v1::Generation::NewStub(channel_);
+  health_ = grpc::health::v1::Health::NewStub(channel_);
+}
+
+grpc::Status Backend::CheckHealth(bool* serving, double timeout_seconds) {
+  grpc::ClientContext ctx;
+  SetTimeout(&ctx, timeout_seconds);
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::Status st = health_->Check(&ctx, req, &resp);
+  *serving = st.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  return st;
+}
+
+grpc::Status Backend::GetModelInfo(v1::ModelInfo* info, double timeout_seconds) {
+  grpc::ClientContext ctx;
+  SetTimeout(&ctx, timeout_seconds);
+  return generation_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), info);
+}
+
+std::string Backend::ServedModelName(const std::string& configured) {
+  if (!configured.empty()) return configured;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!model_name_.empty()) return model_name_;
+  }
+  v1::ModelInfo info;
+  if (!GetModelInfo(&info, 2.0).ok()) return "";
+  std::lock_guard<std::mutex> lock(mu_);
+  model_name_ = info.name();
+  return model_name_;
+}
+
+}  // namespace asl::gateway

@@ -1,0 +1,33 @@
+// Serving one generation request (chat or legacy completions): JSON body -> GenerateRequest ->
+// gRPC stream -> one JSON response or an SSE stream.
+//
+// A streaming response is produced by cpp-httplib's chunked content provider after the handler has
+// returned, so the call's state lives in a shared object owned by the provider and its releaser.
+// When a write to the client fails (the client went away) the gRPC call is cancelled with
+// ClientContext::TryCancel, and asl-server cancels the request and frees its KV blocks.
+#pragma once
+
+#include <string>
+
+namespace httplib {
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace asl::gateway {
+
+class Backend;
+enum class Endpoint;
+
+struct CompletionHandlerOptions {
+  std::string model_name;              // --model-name; empty: the backend's model name
+  double request_timeout_seconds = 0;  // 0: no deadline
+};
+
+// Handles one POST. Runs on an HTTP worker thread; blocks on the backend until the first response
+// message (so that errors found by the server get their HTTP status) or, without streaming, until
+// the end.
+void HandleCompletion(Endpoint endpoint, Backend& backend, const CompletionHandlerOptions& options,
+                      const httplib::Request& req, httplib::Response& res);
+
+}  // namespace asl::gateway

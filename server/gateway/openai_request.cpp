@@ -1,0 +1,400 @@
+#include "server/gateway/openai_request.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+
+namespace asl::gateway {
+namespace {
+
+using nlohmann::json;
+
+// Reads body[key] with a type check. Absent and null mean "unset" (return true, leave `out`).
+class Fields {
+ public:
+  Fields(const json& obj, std::string prefix, ApiError* error) : obj_(obj), prefix_(std::move(prefix)), error_(error) {}
+
+  const json* Get(const char* key) const {
+    auto it = obj_.find(key);
+    return it == obj_.end() || it->is_null() ? nullptr : &*it;
+  }
+  std::string Name(const char* key) const { return prefix_ + key; }
+
+  bool Fail(const char* key, const std::string& what) const {
+    *error_ = InvalidRequest(Name(key), Name(key) + ": " + what);
+    return false;
+  }
+
+  bool Number(const char* key, std::optional<double>* out) const {
+    const json* v = Get(key);
+    if (!v) return true;
+    if (!v->is_number()) return Fail(key, "must be a number, got " + std::string(v->type_name()));
+    *out = v->get<double>();
+    return true;
+  }
+
+  bool Integer(const char* key, std::optional<int64_t>* out) const {
+    const json* v = Get(key);
+    if (!v) return true;
+    if (v->is_number_integer()) {
+      *out = v->get<int64_t>();
+      return true;
+    }
+    if (v->is_number_float()) {  // 64.0 is an integer; 1.5 and 1e30 are not
+      const double d = v->get<double>();
+      if (std::floor(d) == d && std::fabs(d) < 9.2e18) {
+        *out = static_cast<int64_t>(d);
+        return true;
+      }
+    }
+    return Fail(key, "must be an integer, got " + v->dump());
+  }
+
+  bool Int32(const char* key, std::optional<int32_t>* out) const {
+    std::optional<int64_t> v;
+    if (!Integer(key, &v)) return false;
+    if (v) {
+      if (*v < std::numeric_limits<int32_t>::min() || *v > std::numeric_limits<int32_t>::max()) {
+        return Fail(key, "out of range, got " + std::to_string(*v));
+      }
+      *out = static_cast<int32_t>(*v);
+    }
+    return true;
+  }
+
+  bool Bool(const char* key, std::optional<bool>* out) const {
+    const json* v = Get(key);
+    if (!v) return true;
+    if (!v->is_boolean()) return Fail(key, "must be a boolean, got " + v->dump());
+    *out = v->get<bool>();
+    return true;
+  }
+
+  bool String(const char* key, std::optional<std::string>* out) const {
+    const json* v = Get(key);
+    if (!v) return true;
+    if (!v->is_string()) return Fail(key, "must be a string, got " + std::string(v->type_name()));
+    *out = v->get<std::string>();
+    return true;
+  }
+
+ private:
+  const json& obj_;
+  std::string prefix_;
+  ApiError* error_;
+};
+
+bool ParseMessages(const json& body, v1::ChatMessages* chat, ApiError* error) {
+  auto it = body.find("messages");
+  if (it == body.end() || it->is_null()) {
+    *error = InvalidRequest("messages", "messages: required (an array of {role, content})");
+    return false;
+  }
+  if (!it->is_array() || it->empty()) {
+    *error = InvalidRequest("messages", "messages: must be a non-empty array");
+    return false;
+  }
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) {
+      *error = InvalidRequest(where, where + ": must be an object");
+      return false;
+    }
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string()) {
+      *error = InvalidRequest(where + ".role", where + ".role: required string");
+      return false;
+    }
+    std::string content;
+    auto c = m.find("content");
+    if (c != m.end() && c->is_string()) {
+      content = c->get<std::string>();
+    } else if (c != m.end() && c->is_array()) {  // [{"type": "text", "text": "..."}]
+      for (size_t k = 0; k < c->size(); ++k) {
+        const json& part = (*c)[k];
+        const std::string pw = where + ".content[" + std::to_string(k) + "]";
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+            !part["text"].is_string()) {
+          *error = InvalidRequest(pw, pw + ": only {\"type\": \"text\", \"text\": ...} parts are supported");
+          return false;
+        }
+        content += part["text"].get<std::string>();
+      }
+    } else if (c != m.end() && !c->is_null()) {
+      *error = InvalidRequest(where + ".content", where + ".content: must be a string or an array of text parts");
+      return false;
+    }
+    v1::ChatMessage* out = chat->add_messages();
+    out->set_role(role->get<std::string>());
+    out->set_content(std::move(content));
+  }
+  return true;
+}
+
+bool ParseTokenIds(const json& arr, const std::string& field, v1::TokenIds* out, ApiError* error) {
+  for (size_t i = 0; i < arr.size(); ++i) {
+    const json& t = arr[i];
+    if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+      const std::string where = field + "[" + std::to_string(i) + "]";
+      *error = InvalidRequest(where, where + ": token ids must be non-negative integers, got " + t.dump());
+      return false;
+    }
+    out->add_ids(static_cast<int32_t>(t.get<int64_t>()));
+  }
+  return true;
+}
+
+// prompt: "text" | [ids...] | ["text"] | [[ids...]]. More than one prompt is a batch: rejected (n=1).
+bool ParsePrompt(const json& body, v1::GenerateRequest* r, ApiError* error) {
+  auto it = body.find("prompt");
+  if (it == body.end() || it->is_null()) {
+    *error = InvalidRequest("prompt", "prompt: required (a string or an array of token ids)");
+    return false;
+  }
+  const json& p = *it;
+  if (p.is_string()) {
+    r->set_prompt(p.get<std::string>());
+    return true;
+  }
+  if (p.is_array() && !p.empty()) {
+    if (p[0].is_number()) return ParseTokenIds(p, "prompt", r->mutable_token_ids(), error);
+    if (p.size() == 1 && p[0].is_string()) {
+      r->set_prompt(p[0].get<std::string>());
+      return true;
+    }
+    if (p.size() == 1 && p[0].is_array() && !p[0].empty()) {
+      return ParseTokenIds(p[0], "prompt[0]", r->mutable_token_ids(), error);
+    }
+    if (p.size() > 1 && (p[0].is_string() || p[0].is_array())) {
+      *error = InvalidRequest("prompt", "prompt: batches of prompts are not supported; send one prompt per request");
+      return false;
+    }
+  }
+  *error = InvalidRequest("prompt", "prompt: must be a non-empty string or a non-empty array of token ids");
+  return false;
+}
+
+bool ParseStop(const Fields& f, v1::SamplingParams* s, ApiError* error) {
+  const json* v = f.Get("stop");
+  if (!v) return true;
+  if (v->is_string()) {
+    s->add_stop(v->get<std::string>());
+    return true;
+  }
+  if (v->is_array()) {
+    for (const json& x : *v) {
+      if (!x.is_string()) return f.Fail("stop", "must be a string or an array of strings");
+      s->add_stop(x.get<std::string>());
+    }
+    return true;
+  }
+  return f.Fail("stop", "must be a string or an array of strings");
+}
+
+bool ParsePruning(const json& body, v1::GenerateRequest* r, ApiError* error) {
+  auto it = body.find("pruning");
+  if (it == body.end() || it->is_null()) return true;
+  if (!it->is_object()) {
+    *error = InvalidRequest("pruning", "pruning: must be an object");
+    return false;
+  }
+  static const char* const kKnown[] = {"policy",   "window",    "kernel",    "pooling",      "min_layer",
+                                       "obs_layers", "tau",     "select_k",  "kv_budget",    "max_layer",
+                                       "select_layer", "detailed_report"};
+  for (auto kv = it->begin(); kv != it->end(); ++kv) {
+    bool known = false;
+    for (const char* k : kKnown) known = known || kv.key() == k;
+    if (!known) {
+      *error = InvalidRequest("pruning." + kv.key(), "pruning." + kv.key() + ": unknown field");
+      return false;
+    }
+  }
+  const Fields f(*it, "pruning.", error);
+  v1::PruningParams* p = r->mutable_pruning();
+  std::optional<std::string> s;
+  std::optional<int32_t> i;
+  std::optional<double> d;
+  std::optional<bool> b;
+  if (!f.String("policy", &s)) return false;
+  if (s) p->set_policy(*s);
+  s.reset();
+  if (!f.String("pooling", &s)) return false;
+  if (s) p->set_pooling(*s);
+  if (!f.Number("tau", &d)) return false;
+  if (d) p->set_tau(*d);
+  if (!f.Bool("detailed_report", &b)) return false;
+  if (b) r->set_detailed_pruning_report(*b);
+  struct IntKnob {
+    const char* name;
+    void (v1::PruningParams::*set)(int32_t);
+  };
+  static const IntKnob kInts[] = {
+      {"window", &v1::PruningParams::set_window},       {"kernel", &v1::PruningParams::set_kernel},
+      {"min_layer", &v1::PruningParams::set_min_layer}, {"obs_layers", &v1::PruningParams::set_obs_layers},
+      {"select_k", &v1::PruningParams::set_select_k},   {"kv_budget", &v1::PruningParams::set_kv_budget},
+      {"max_layer", &v1::PruningParams::set_max_layer}, {"select_layer", &v1::PruningParams::set_select_layer},
+  };
+  for (const IntKnob& k : kInts) {
+    i.reset();
+    if (!f.Int32(k.name, &i)) return false;
+    if (i) (p->*k.set)(*i);
+  }
+  return true;
+}
+
+bool ParseSampling(Endpoint endpoint, const Fields& f, ParsedRequest* out, ApiError* error) {
+  v1::SamplingParams* s = out->grpc.mutable_sampling();
+  std::optional<double> d;
+  std::optional<int32_t> i;
+  std::optional<int64_t> l;
+  std::optional<bool> b;
+
+  if (!f.Number("temperature", &d)) return false;
+  if (d) {
+    // OpenAI's range; the server itself accepts any finite value >= 0.
+    if (!(*d >= 0.0 && *d <= 2.0)) return f.Fail("temperature", "must be in [0, 2], got " + std::to_string(*d));
+    s->set_temperature(*d);
+  }
+  struct DoubleKnob {
+    const char* name;
+    void (v1::SamplingParams::*set)(double);
+  };
+  static const DoubleKnob kDoubles[] = {
+      {"top_p", &v1::SamplingParams::set_top_p},
+      {"min_p", &v1::SamplingParams::set_min_p},
+      {"repetition_penalty", &v1::SamplingParams::set_repetition_penalty},
+      {"presence_penalty", &v1::SamplingParams::set_presence_penalty},
+      {"frequency_penalty", &v1::SamplingParams::set_frequency_penalty},
+  };
+  for (const DoubleKnob& k : kDoubles) {
+    d.reset();
+    if (!f.Number(k.name, &d)) return false;
+    if (d) (s->*k.set)(*d);
+  }
+  if (!f.Int32("top_k", &i)) return false;
+  if (i) s->set_top_k(*i);
+
+  // max_completion_tokens is the chat API's newer name; it wins when both are given.
+  for (const char* key : {"max_tokens", "max_completion_tokens"}) {
+    i.reset();
+    if (!f.Int32(key, &i)) return false;
+    if (i) {
+      if (*i < 1) return f.Fail(key, "must be >= 1, got " + std::to_string(*i));
+      s->set_max_tokens(*i);
+    }
+  }
+  if (!f.Integer("seed", &l)) return false;
+  if (l) s->set_seed(static_cast<uint64_t>(*l));
+  if (!f.Bool("ignore_eos", &b)) return false;
+  if (b) s->set_ignore_eos(*b);
+  if (!ParseStop(f, s, error)) return false;
+  if (const json* ids = f.Get("stop_token_ids")) {
+    if (!ids->is_array()) return f.Fail("stop_token_ids", "must be an array of token ids");
+    v1::TokenIds tmp;
+    if (!ParseTokenIds(*ids, "stop_token_ids", &tmp, error)) return false;
+    for (int32_t t : tmp.ids()) s->add_stop_token_ids(t);
+  }
+
+  // Logprobs. Chat: logprobs (bool) + top_logprobs (0..20). Legacy completions: logprobs (0..5)
+  // is the number of alternatives. The proto asks for n alternatives with the sampled logprob
+  // (n >= 1), so "sampled only" asks for one alternative and returns none.
+  if (endpoint == Endpoint::kChatCompletions) {
+    if (!f.Bool("logprobs", &b)) return false;
+    out->logprobs = b.value_or(false);
+    i.reset();
+    if (!f.Int32("top_logprobs", &i)) return false;
+    if (i) {
+      if (*i < 0 || *i > 20) return f.Fail("top_logprobs", "must be in [0, 20], got " + std::to_string(*i));
+      if (!out->logprobs && *i > 0) return f.Fail("top_logprobs", "requires logprobs: true");
+      out->top_logprobs = *i;
+    }
+  } else {
+    i.reset();
+    if (!f.Int32("logprobs", &i)) return false;
+    if (i) {
+      if (*i < 0 || *i > 20) return f.Fail("logprobs", "must be in [0, 20], got " + std::to_string(*i));
+      out->logprobs = true;
+      out->top_logprobs = *i;
+    }
+  }
+  if (out->logprobs) s->set_logprobs(std::max(1, out->top_logprobs));
+  return true;
+}
+
+// Options this server does not implement: refusing them beats silently ignoring them.
+bool RejectUnsupported(Endpoint endpoint, const Fields& f) {
+  std::optional<int64_t> n;
+  if (!f.Integer("n", &n)) return false;
+  if (n && *n != 1) return f.Fail("n", "only n = 1 is supported, got " + std::to_string(*n));
+  if (endpoint == Endpoint::kCompletions) {
+    std::optional<int64_t> best_of;
+    if (!f.Integer("best_of", &best_of)) return false;
+    if (best_of && *best_of != 1) return f.Fail("best_of", "only best_of = 1 is supported");
+    std::optional<bool> echo;
+    if (!f.Bool("echo", &echo)) return false;
+    if (echo.value_or(false)) return f.Fail("echo", "echo is not supported");
+    if (const json* suffix = f.Get("suffix"); suffix && !(suffix->is_string() && suffix->get<std::string>().empty())) {
+      return f.Fail("suffix", "suffix is not supported");
+    }
+  }
+  if (const json* tools = f.Get("tools"); tools && !(tools->is_array() && tools->empty())) {
+    return f.Fail("tools", "tool calling is not supported");
+  }
+  if (const json* bias = f.Get("logit_bias"); bias && !(bias->is_object() && bias->empty())) {
+    return f.Fail("logit_bias", "logit_bias is not supported");
+  }
+  if (const json* rf = f.Get("response_format"); rf && !(rf->is_object() && rf->value("type", "text") == "text")) {
+    return f.Fail("response_format", "only {\"type\": \"text\"} is supported");
+  }
+  return true;
+}
+
+}  // namespace
+
+bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out, ApiError* error) {
+  json j = json::parse(body, /*cb=*/nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    *error = InvalidRequest("", "the request body is not valid JSON");
+    return false;
+  }
+  if (!j.is_object()) {
+    *error = InvalidRequest("", "the request body must be a JSON object");
+    return false;
+  }
+  const Fields f(j, "", error);
+  std::optional<std::string> model;
+  if (!f.String("model", &model)) return false;
+  if (!model || model->empty()) return f.Fail("model", "required");
+  out->model = *model;
+  std::optional<bool> b;
+  if (!f.Bool("stream", &b)) return false;
+  out->stream = b.value_or(false);
+  if (const json* so = f.Get("stream_options")) {
+    if (!so->is_object()) return f.Fail("stream_options", "must be an object");
+    const Fields sf(*so, "stream_options.", error);
+    b.reset();
+    if (!sf.Bool("include_usage", &b)) return false;
+    out->include_usage = b.value_or(false);
+  }
+  std::optional<std::string> user;
+  if (!f.String("user", &user)) return false;  // accepted for compatibility; not used
+  if (!RejectUnsupported(endpoint, f)) return false;
+
+  if (endpoint == Endpoint::kChatCompletions) {
+    if (!ParseMessages(j, out->grpc.mutable_chat(), error)) return false;
+    b.reset();
+    if (!f.Bool("add_generation_prompt", &b)) return false;
+    if (b) out->grpc.set_add_generation_prompt(*b);
+  } else {
+    if (!ParsePrompt(j, &out->grpc, error)) return false;
+    b.reset();
+    if (!f.Bool("add_bos", &b)) return false;
+    if (b) out->grpc.set_add_bos(*b);
+  }
+  if (!ParseSampling(endpoint, f, out, error)) return false;
+  return ParsePruning(j, &out->grpc, error);
+}
+
+}  // namespace asl::gateway
