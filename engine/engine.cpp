@@ -162,7 +162,7 @@ Status EngineImpl::Init() {
   kv_ = std::make_unique<kv::PagedKvCache>(pool_.get());
   runner_ = std::make_unique<runner::ModelRunner>(model_.get(), kv_.get());
   scheduler_ = std::make_unique<sched::Scheduler>(sched::SchedulerConfig{
-      config_.max_num_seqs, config_.max_prefill_tokens, static_cast<int>(mc.num_layers)});
+      config_.max_num_seqs, config_.max_prefill_tokens, static_cast<int>(mc.num_layers), config_.block_size});
   if (config_.max_model_len <= 0 || config_.max_model_len > mc.max_position_embeddings) {
     config_.max_model_len = static_cast<int>(mc.max_position_embeddings);
   }

@@ -59,9 +59,13 @@ BlockPool::BlockPool(const BlockPoolOptions& o, int64_t num_blocks, int64_t byte
       num_blocks_(num_blocks),
       bytes_per_block_(bytes_per_block) {
   const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
-  // Zeroed so that padding slots never hold NaN bit patterns (the gather path multiplies them by 0).
-  k_cache_ = at::zeros({num_blocks_, num_kv_heads_, block_size_, head_dim_}, opts);
-  v_cache_ = at::zeros({num_blocks_, num_kv_heads_, block_size_, head_dim_}, opts);
+  // On devices the gather path multiplies padding slots by 0, so they must not hold NaN bit
+  // patterns: zero them (a fast device memset). The CPU kernel reads only stored tokens, so the CPU
+  // pool stays uninitialised: the OS commits its pages as blocks are first written, and a large
+  // pool costs neither start-up time nor resident memory until it is used.
+  const std::vector<int64_t> shape{num_blocks_, num_kv_heads_, block_size_, head_dim_};
+  k_cache_ = device_.is_cpu() ? at::empty(shape, opts) : at::zeros(shape, opts);
+  v_cache_ = device_.is_cpu() ? at::empty(shape, opts) : at::zeros(shape, opts);
   free_list_.reserve(static_cast<size_t>(num_blocks_));
   for (int64_t b = num_blocks_ - 1; b >= 0; --b) free_list_.push_back(static_cast<BlockId>(b));
 }

@@ -22,7 +22,8 @@ StepPlan Scheduler::Schedule(const BlockFacts& blocks) {
   int64_t free_blocks = blocks.num_free_blocks();
 
   // Decode first: every running sequence needs room for one more token in every layer. Preempt
-  // the latest admitted until the step fits.
+  // the latest arrival until the step fits (as vLLM does): the oldest requests always progress,
+  // so sequences cannot keep preempting each other.
   auto need_of = [&](const std::vector<Sequence*>& seqs) {
     int64_t n = 0;
     for (const Sequence* s : seqs) n += blocks.BlocksForNextToken(*s);
@@ -30,7 +31,7 @@ StepPlan Scheduler::Schedule(const BlockFacts& blocks) {
   };
   while (!running_.empty() && need_of(running_) > free_blocks) {
     auto victim = std::max_element(running_.begin(), running_.end(),
-                                   [](const Sequence* a, const Sequence* b) { return a->admit_seq < b->admit_seq; });
+                                   [](const Sequence* a, const Sequence* b) { return a->arrival_seq < b->arrival_seq; });
     Sequence* v = *victim;
     running_.erase(victim);
     v->num_preemptions++;
@@ -46,14 +47,16 @@ StepPlan Scheduler::Schedule(const BlockFacts& blocks) {
   while (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs) {
     Sequence* s = waiting_.front();
     const int64_t tokens = s->num_prompt_tokens;
-    const int64_t need = s->admission_blocks + config_.num_layers;  // + one decode block per layer
+    // Prompt KV after pruning, plus the outputs a preempted sequence replays, plus one decode
+    // block per layer of headroom.
+    const int64_t replay_blocks = static_cast<int64_t>(s->output_ids.size() + config_.block_size - 1) / config_.block_size;
+    const int64_t need = s->admission_blocks + config_.num_layers * (1 + replay_blocks);
     if (need > free_blocks) break;
     if (!plan.prefill.empty() && prefill_tokens + tokens > config_.max_prefill_tokens) break;
     waiting_.pop_front();
     free_blocks -= need;
     prefill_tokens += tokens;
     s->state = SeqState::kRunning;
-    s->admit_seq = next_admit_seq_++;
     running_.push_back(s);
     plan.prefill.push_back(s);
   }

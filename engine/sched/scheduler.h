@@ -1,7 +1,7 @@
 // Scheduler: iteration-level continuous batching (docs/architecture.md, "One step of the engine
 // loop"). Each step it admits waiting sequences in arrival order while their post-pruning KV fits
 // in the free blocks and the prefill token budget allows, then plans one decode token for every
-// running sequence, preempting the latest-admitted ones (recompute) when the pool cannot take the
+// running sequence, preempting the latest arrivals (recompute) when the pool cannot take the
 // step's new blocks. It owns no KV: the engine tells it the block facts through BlockFacts.
 //
 // NOTE on admission: a request is admitted by the blocks its prompt will hold *after* pruning (an
@@ -24,6 +24,7 @@ struct SchedulerConfig {
   int max_num_seqs = 64;
   int max_prefill_tokens = 8192;
   int num_layers = 1;
+  int block_size = 16;
 };
 
 // What the scheduler needs to know about KV blocks, answered by the engine's pool.
@@ -59,7 +60,6 @@ class Scheduler {
   SchedulerConfig config_;
   std::deque<Sequence*> waiting_;   // front = next to admit (preempted sequences go back to the front)
   std::vector<Sequence*> running_;  // in admission order
-  uint64_t next_admit_seq_ = 1;
 };
 
 }  // namespace asl::sched

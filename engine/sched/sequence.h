@@ -27,7 +27,6 @@ struct Sequence {
   int64_t next_position = 0;           // logical position of the next fed token
   int64_t admission_blocks = 0;        // upper bound of the prompt's KV blocks after pruning
   uint64_t arrival_seq = 0;            // FIFO order of arrival
-  uint64_t admit_seq = 0;              // order of the latest admission (preemption picks the latest)
   int num_preemptions = 0;
   Clock::time_point arrival_time;
   Clock::time_point first_scheduled_time;

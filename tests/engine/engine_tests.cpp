@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/common/log_sink.h"
 #include "engine/engine.h"
 
 namespace asl {
@@ -76,6 +77,7 @@ class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!std::filesystem::exists(ASL_TEST_MODEL)) GTEST_SKIP() << "default model missing";
+    if (const char* level = std::getenv("ASL_LOG_LEVEL")) SetLogLevel(level);
   }
   static std::vector<TokenId> RunAlone(const GenerateRequest& r) {
     auto engine = Engine::Create(Config(256 << 20));

@@ -273,7 +273,7 @@ TEST(Scheduler, AdmitsByPostPruningBlocksInArrivalOrder) {
   EXPECT_EQ(sch.num_waiting(), 1u);
 }
 
-TEST(Scheduler, PreemptsLatestAdmittedWhenDecodeDoesNotFit) {
+TEST(Scheduler, PreemptsLatestArrivalWhenDecodeDoesNotFit) {
   sched::Scheduler sch({8, 100000, 2});
   auto a = MakeSeq(1, 10, 1), b = MakeSeq(2, 10, 1), c = MakeSeq(3, 10, 1);
   for (auto* s : {&a, &b, &c}) sch.AddWaiting(s);
