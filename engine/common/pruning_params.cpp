@@ -52,7 +52,12 @@ static int ScaleLayer(int num_layers, int of32) {
 
 Status ResolvePruningParams(PruningParams* p, int num_layers) {
   const int L = num_layers;
-  if (p->min_layer < 0) p->min_layer = ScaleLayer(L, 10);
+  if (p->min_layer < 0) {
+    p->min_layer = ScaleLayer(L, 10);
+    // A shallow model cannot look back 8 layers from a scaled L_min: the window shrinks with it
+    // (L_min >= L_obs - 1 must hold). Explicit min_layer values are validated as given.
+    if (p->obs_layers > p->min_layer + 1) p->obs_layers = p->min_layer + 1;
+  }
   if (p->select_layer < 0) {
     p->select_layer = p->policy == PolicyKind::kGemFilter ? ScaleLayer(L, 13) : ScaleLayer(L, 15);
   }
