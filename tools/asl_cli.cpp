@@ -140,6 +140,11 @@ int main(int argc, char** argv) {
   common.Register(ev);
   eval.Register(ev);
 
+  ThroughputOptions throughput;
+  CLI::App* tp = app.add_subcommand("throughput", "capacity and output tokens/s at several concurrencies, per policy");
+  common.Register(tp);
+  throughput.Register(tp);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -154,5 +159,6 @@ int main(int argc, char** argv) {
   if (tokz->parsed()) return RunTokenize(common, prompt, json_out);
   if (logits->parsed()) return RunLogits(common, prompt, json_out);
   if (ev->parsed()) return RunEval(common, eval);
+  if (tp->parsed()) return RunThroughput(common, throughput);
   return 2;
 }

@@ -64,6 +64,24 @@ struct EvalOptions {
   void Register(CLI::App* app);
 };
 
+struct ThroughputOptions {
+  int prompt_tokens = 4096;
+  int max_tokens = 32;
+  std::string concurrency = "1,4,16,32";
+  std::string policies = "full,snapkv,asl";
+  int budget = 512;
+  int max_num_seqs = 32;
+  std::string data_dir = ASL_DEFAULT_DATA_DIR;
+  std::string out;
+  void Register(CLI::App* app);
+};
+
+inline std::string fmt_double(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.3f", v);
+  return buf;
+}
+
 StatusOr<std::unique_ptr<tok::Tokenizer>> LoadTokenizerOnly(const std::string& model_path);
 nlohmann::json PruningJson(const PruningReport& r);
 nlohmann::json TimingsJson(const Timings& t);
@@ -71,5 +89,6 @@ nlohmann::json UsageJson(const FinishEvent& ev);
 
 int RunLogits(CommonOptions& o, const PromptOptions& p, bool json_out);
 int RunEval(CommonOptions& o, const EvalOptions& e);
+int RunThroughput(CommonOptions& o, const ThroughputOptions& t);
 
 }  // namespace asl::cli
