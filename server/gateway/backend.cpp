@@ -41,17 +41,4 @@ grpc::Status Backend::GetModelInfo(v1::ModelInfo* info, double timeout_seconds) 
   return generation_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), info);
 }
 
-std::string Backend::ServedModelName(const std::string& configured) {
-  if (!configured.empty()) return configured;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!model_name_.empty()) return model_name_;
-  }
-  v1::ModelInfo info;
-  if (!GetModelInfo(&info, 2.0).ok()) return "";
-  std::lock_guard<std::mutex> lock(mu_);
-  model_name_ = info.name();
-  return model_name_;
-}
-
 }  // namespace asl::gateway

@@ -1,11 +1,10 @@
 // The gateway's gRPC connection to asl-server: one channel shared by all HTTP worker threads
-// (gRPC stubs and channels are thread-safe), plus the served model's name, fetched once.
+// (gRPC stubs and channels are thread-safe).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "asl/v1/generation.grpc.pb.h"
@@ -26,17 +25,11 @@ class Backend {
   // Generation/GetModelInfo. Thread-safe.
   [[nodiscard]] grpc::Status GetModelInfo(v1::ModelInfo* info, double timeout_seconds);
 
-  // The name clients must send as `model`: `configured` when not empty, else the backend's model
-  // name once GetModelInfo has answered (empty until then). Thread-safe.
-  std::string ServedModelName(const std::string& configured);
-
  private:
   std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Generation::Stub> generation_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
-  std::mutex mu_;
-  std::string model_name_;  // guarded by mu_
 };
 
 }  // namespace asl::gateway

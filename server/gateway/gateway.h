@@ -24,7 +24,7 @@ struct GatewayOptions {
   std::string listen_host = "0.0.0.0";
   int listen_port = 8080;            // 0: pick a free port (see Gateway::port)
   std::string backend = "127.0.0.1:50051";
-  std::string model_name;            // empty: the backend's model name (GetModelInfo)
+  std::string model_name;            // enforced when set; empty: the backend's name, any accepted
   int num_threads = 64;              // HTTP worker threads = concurrent requests served
   double request_timeout_seconds = 0;  // gRPC deadline of a generation; 0 = none
   size_t max_body_bytes = 16u << 20;

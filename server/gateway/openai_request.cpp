@@ -254,7 +254,7 @@ bool ParseSampling(Endpoint endpoint, const Fields& f, ParsedRequest* out, ApiEr
   if (!f.Number("temperature", &d)) return false;
   if (d) {
     // OpenAI's range; the server itself accepts any finite value >= 0.
-    if (!(*d >= 0.0 && *d <= 2.0)) return f.Fail("temperature", "must be in [0, 2], got " + std::to_string(*d));
+    if (!(*d >= 0.0 && *d <= 2.0)) return f.Fail("temperature", "must be in [0, 2], got " + json(*d).dump());
     s->set_temperature(*d);
   }
   struct DoubleKnob {

@@ -202,7 +202,7 @@ def _wait_for(predicate, timeout):
 
 def test_client_disconnect_mid_stream_frees_kv_blocks(stack, model):
     assert stack.metric("asl_kv_blocks_used") == 0
-    body = json.dumps({"model": model, "prompt": ESSAY, "max_tokens": 4000, "temperature": 0,
+    body = json.dumps({"model": model, "prompt": ESSAY, "max_tokens": 1000, "temperature": 0,
                        "ignore_eos": True, "stream": True}).encode()
     port = int(stack.base_url.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port), timeout=120)
@@ -224,7 +224,7 @@ def test_client_disconnect_mid_stream_frees_kv_blocks(stack, model):
 def test_requests_stream_closed_early_frees_kv_blocks(stack, model):
     with requests.post(stack.base_url + "/v1/chat/completions", stream=True, timeout=120, json={
             "model": model, "messages": [{"role": "user", "content": "Write a long story."}],
-            "max_tokens": 4000, "ignore_eos": True, "stream": True}) as r:
+            "max_tokens": 1000, "ignore_eos": True, "stream": True}) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
         seen = 0

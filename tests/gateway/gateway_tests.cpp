@@ -1,0 +1,130 @@
+// Unit tests of the gateway's request parsing and error mapping (no server, no network).
+#include <gtest/gtest.h>
+
+#include "server/gateway/errors.h"
+#include "server/gateway/openai_request.h"
+#include "server/gateway/openai_response.h"
+
+namespace asl::gateway {
+namespace {
+
+ParsedRequest ParseOk(Endpoint e, const std::string& body) {
+  ParsedRequest r;
+  ApiError err;
+  EXPECT_TRUE(ParseRequest(e, body, &r, &err)) << err.message;
+  return r;
+}
+
+ApiError ParseFails(Endpoint e, const std::string& body) {
+  ParsedRequest r;
+  ApiError err;
+  EXPECT_FALSE(ParseRequest(e, body, &r, &err));
+  EXPECT_EQ(err.http_status, 400);
+  return err;
+}
+
+TEST(ParseRequest, ChatMapsOpenAiAndAslFields) {
+  const ParsedRequest r = ParseOk(Endpoint::kChatCompletions, R"({
+    "model": "m", "messages": [{"role": "system", "content": "S"},
+                               {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+    "max_tokens": 5, "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "seed": -1, "stop": "X",
+    "presence_penalty": 0.1, "frequency_penalty": 0.2, "top_k": 3, "min_p": 0.05, "repetition_penalty": 1.1,
+    "ignore_eos": true, "logprobs": true, "top_logprobs": 0, "stream": true,
+    "stream_options": {"include_usage": true}, "user": "u", "unknown_top_level": 1,
+    "pruning": {"policy": "asl", "tau": 0.25, "kv_budget": 256, "select_k": 256.0, "detailed_report": true}})");
+  const v1::GenerateRequest& g = r.grpc;
+  ASSERT_EQ(g.chat().messages_size(), 2);
+  EXPECT_EQ(g.chat().messages(1).content(), "ab");
+  EXPECT_EQ(g.sampling().max_tokens(), 7);  // max_completion_tokens wins
+  EXPECT_DOUBLE_EQ(g.sampling().temperature(), 0.5);
+  EXPECT_EQ(g.sampling().seed(), UINT64_MAX);
+  ASSERT_EQ(g.sampling().stop_size(), 1);
+  EXPECT_EQ(g.sampling().top_k(), 3);
+  EXPECT_TRUE(g.sampling().ignore_eos());
+  EXPECT_EQ(g.sampling().logprobs(), 1);  // sampled logprob only: one candidate asked, none returned
+  EXPECT_EQ(r.top_logprobs, 0);
+  EXPECT_TRUE(r.stream && r.include_usage && r.logprobs);
+  EXPECT_EQ(g.pruning().policy(), "asl");
+  EXPECT_EQ(g.pruning().kv_budget(), 256);
+  EXPECT_EQ(g.pruning().select_k(), 256);
+  EXPECT_FALSE(g.pruning().has_window());  // unset knobs stay unset: server defaults
+  EXPECT_TRUE(g.detailed_pruning_report());
+  EXPECT_DOUBLE_EQ(g.sampling().repetition_penalty(), 1.1);
+}
+
+TEST(ParseRequest, CompletionPromptForms) {
+  EXPECT_EQ(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "hi"})").grpc.prompt(), "hi");
+  EXPECT_EQ(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": ["hi"]})").grpc.prompt(), "hi");
+  EXPECT_EQ(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": [1, 2, 3]})").grpc.token_ids().ids_size(), 3);
+  EXPECT_EQ(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": [[4, 5]]})").grpc.token_ids().ids(1), 5);
+  const ParsedRequest lp = ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "logprobs": 3})");
+  EXPECT_EQ(lp.grpc.sampling().logprobs(), 3);
+  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": ["a", "b"]})").param, "prompt");
+  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": [1, -2]})").param, "prompt[1]");
+  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m"})").param, "prompt");
+  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "echo": true})").param, "echo");
+}
+
+TEST(ParseRequest, ErrorsNameTheField) {
+  const Endpoint chat = Endpoint::kChatCompletions;
+  const std::string msgs = R"("messages": [{"role": "user", "content": "x"}])";
+  EXPECT_EQ(ParseFails(chat, "{").param, "");
+  EXPECT_EQ(ParseFails(chat, "[]").param, "");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + "}").param, "model");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m"})").param, "messages");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "messages": []})").param, "messages");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "messages": [{"role": 1}]})").param, "messages[0].role");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "n": 2, )" + msgs + "}").param, "n");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "temperature": 2.5, )" + msgs + "}").param, "temperature");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "max_tokens": 1.5, )" + msgs + "}").param, "max_tokens");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "stop": [1], )" + msgs + "}").param, "stop");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "top_logprobs": 2, )" + msgs + "}").param, "top_logprobs");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "pruning": {"tau": "x"}, )" + msgs + "}").param, "pruning.tau");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "pruning": {"budget": 1}, )" + msgs + "}").param, "pruning.budget");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "tools": [{}], )" + msgs + "}").param, "tools");
+  // n = 1 and null fields are fine.
+  ParseOk(chat, R"({"model": "m", "n": 1, "temperature": null, "stop": null, )" + msgs + "}");
+}
+
+TEST(FromGrpcStatus, MapsCodesAndFieldPaths) {
+  ApiError e = FromGrpcStatus(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_p: must be in (0, 1]"));
+  EXPECT_EQ(e.http_status, 400);
+  EXPECT_EQ(e.param, "top_p");
+  EXPECT_EQ(e.message, "top_p: must be in (0, 1]");
+  e = FromGrpcStatus(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "chat.messages[1].content: not valid UTF-8"));
+  EXPECT_EQ(e.param, "messages[1].content");
+  e = FromGrpcStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "waiting queue is full (256)"));
+  EXPECT_EQ(e.http_status, 429);
+  EXPECT_EQ(e.param, "");
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, "draining")).http_status, 503);
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "")).http_status, 504);
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::INTERNAL, "req-3 failed")).http_status, 500);
+  EXPECT_EQ(OpenAiParamFor("token_ids[3]"), "prompt[3]");
+  const nlohmann::json j = ToJson(e);
+  EXPECT_TRUE(j["error"]["param"].is_null());
+}
+
+TEST(Responses, UsageAndFinishChunk) {
+  v1::GenerateComplete c;
+  c.set_finish_reason(v1::FINISH_REASON_LENGTH);
+  c.mutable_usage()->set_prompt_tokens(10);
+  c.mutable_usage()->set_completion_tokens(3);
+  c.mutable_pruning()->set_policy("asl");
+  c.mutable_pruning()->set_outcome(v1::SELECTION_OUTCOME_FORCED);
+  ResponseContext ctx;
+  ctx.id = "chatcmpl-x";
+  ctx.model = "m";
+  const nlohmann::json full = CompletionJson(ctx, "abc", nullptr, c);
+  EXPECT_EQ(full["usage"]["total_tokens"], 13);
+  EXPECT_EQ(full["choices"][0]["message"]["content"], "abc");
+  EXPECT_EQ(full["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(full["asl"]["pruning"]["outcome"], "forced");
+  const nlohmann::json fin = FinishChunkJson(ctx, c);
+  EXPECT_EQ(fin["object"], "chat.completion.chunk");
+  EXPECT_TRUE(fin["choices"][0]["delta"].empty());
+  EXPECT_EQ(UsageChunkJson(ctx, c)["choices"].size(), 0u);
+  EXPECT_EQ(SseEvent(nlohmann::json{{"a", 1}}), "data: {\"a\":1}\n\n");
+}
+
+}  // namespace
+}  // namespace asl::gateway
