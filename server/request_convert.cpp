@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <map>
 
+#include "engine/common/utf8.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace asl::server {
@@ -93,36 +94,6 @@ std::string GrpcCodeLabel(grpc::StatusCode code) {
   }
 }
 
-bool IsValidUtf8(std::string_view s) {
-  size_t i = 0;
-  const size_t n = s.size();
-  while (i < n) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    int len = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F;
-    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F;
-    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07;
-    else return false;
-    if (i + len > n) return false;
-    for (int k = 1; k < len; ++k) {
-      const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
-      return false;
-    }
-    i += len;
-  }
-  return true;
-}
 
 // Walks the wire format without the schema's UTF-8 check (UnknownFieldSet accepts any bytes),
 // using the descriptor only to name fields and to descend into sub-messages.
@@ -137,7 +108,7 @@ std::string FindInvalidUtf8Field(std::string_view bytes, const Descriptor* d) {
     const FieldDescriptor* fd = d->FindFieldByNumber(f.number());
     if (fd == nullptr) continue;
     const std::string name = Where(fd->name(), fd, index);
-    if (fd->type() == FieldDescriptor::TYPE_STRING && !IsValidUtf8(f.length_delimited())) return name;
+    if (fd->type() == FieldDescriptor::TYPE_STRING && !asl::IsValidUtf8(f.length_delimited())) return name;
     if (fd->type() == FieldDescriptor::TYPE_MESSAGE) {
       const std::string inner = FindInvalidUtf8Field(f.length_delimited(), fd->message_type());
       if (!inner.empty()) return name + "." + inner;
@@ -217,7 +188,7 @@ StatusOr<PruningParams> ToPruningParams(const v1::PruningParams& p, const Prunin
 StatusOr<std::vector<TokenId>> EncodeText(const std::string& text, const std::string& field, bool add_bos,
                                           const tok::Tokenizer& tokenizer) {
   if (text.empty()) return InvalidArgument(field + ": must not be empty");
-  if (!IsValidUtf8(text)) return InvalidArgument(field + ": not valid UTF-8");
+  if (!asl::IsValidUtf8(text)) return InvalidArgument(field + ": not valid UTF-8");
   std::vector<TokenId> ids = tokenizer.Encode(text, add_bos && tokenizer.add_bos(), /*parse_special=*/true);
   if (ids.empty()) return InvalidArgument(field + ": encodes to no tokens");
   return ids;
@@ -232,8 +203,8 @@ StatusOr<std::vector<TokenId>> EncodeChat(const v1::ChatMessages& chat, const st
     const v1::ChatMessage& m = chat.messages(i);
     const std::string where = field + ".messages[" + std::to_string(i) + "]";
     if (m.role().empty()) return InvalidArgument(where + ".role: must not be empty");
-    if (!IsValidUtf8(m.role())) return InvalidArgument(where + ".role: not valid UTF-8");
-    if (!IsValidUtf8(m.content())) return InvalidArgument(where + ".content: not valid UTF-8");
+    if (!asl::IsValidUtf8(m.role())) return InvalidArgument(where + ".role: not valid UTF-8");
+    if (!asl::IsValidUtf8(m.content())) return InvalidArgument(where + ".content: not valid UTF-8");
     messages.push_back(tok::ChatMessage{m.role(), m.content()});
   }
   StatusOr<std::string> text = tokenizer.ApplyChatTemplate(messages, add_generation_prompt);

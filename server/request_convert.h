@@ -45,7 +45,6 @@ grpc::Status ParseMessage(const grpc::ByteBuffer& buffer, google::protobuf::Mess
 // The path of the first string field in the serialized `bytes` of a `descriptor` message that is
 // not valid UTF-8 ("chat.messages[1].content"), or "" if there is none.
 std::string FindInvalidUtf8Field(std::string_view bytes, const google::protobuf::Descriptor* descriptor);
-bool IsValidUtf8(std::string_view text);
 
 // Proto -> engine sampling parameters: unset fields keep SamplingParams' defaults. Not validated.
 SamplingParams ToSamplingParams(const v1::SamplingParams& proto);
