@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--budget", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--context", type=int, default=8192, help="model context (prompt + output)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.md"))
@@ -85,7 +86,10 @@ def main():
 
     rows = []
     for n in a.lengths:
-        max_tokens = min(a.max_tokens, 8192 - n) if n + a.max_tokens > 8192 else a.max_tokens
+        # The default model's context is 8192: a prompt of n tokens plus the output must fit.
+        max_tokens = a.max_tokens
+        if n + max_tokens > a.context:
+            n = a.context - max_tokens
         ids = prompt_ids(a.cli, a.model, n, a.essays)
         base = None
         for policy in a.policies:

@@ -1,16 +1,13 @@
 #include "engine/model/gguf.h"
 
 #include <ATen/ATen.h>
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
 
+#include "engine/model/mapped_file.h"
 #include "engine/model/quant.h"
 
 namespace asl::model {
@@ -134,24 +131,7 @@ class GgufFile::Parser {
 StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
   std::unique_ptr<GgufFile> f(new GgufFile());
   f->path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return NotFound(path + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return InvalidArgument(path + ": not a regular file");
-  }
-  f->size_ = static_cast<uint64_t>(st.st_size);
-  if (f->size_ > 0) {
-    void* p = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      return Internal(path + ": mmap failed: " + std::strerror(err));
-    }
-    f->base_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);  // the mapping keeps the file alive
+  ASL_RETURN_IF_ERROR(MapFile(path, &f->base_, &f->size_));
 
   Parser in(f->path_, f->base_, f->size_);
   uint32_t magic = 0;
@@ -291,7 +271,7 @@ StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
 }
 
 GgufFile::~GgufFile() {
-  if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), size_);
+  if (base_ != nullptr) UnmapFile(base_, size_);
 }
 
 const GgufFile::Kv* GgufFile::FindKv(std::string_view key) const {

@@ -1,10 +1,6 @@
 #include "engine/model/safetensors.h"
 
 #include <ATen/ATen.h>
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -15,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+
+#include "engine/model/mapped_file.h"
 
 namespace asl::model {
 namespace {
@@ -47,24 +45,7 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
   f->path_ = path;
   auto corrupt = [&](const std::string& what) { return DataLoss(path + ": " + what); };
 
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return NotFound(path + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return InvalidArgument(path + ": not a regular file");
-  }
-  f->size_ = static_cast<uint64_t>(st.st_size);
-  if (f->size_ > 0) {
-    void* p = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      return Internal(path + ": mmap failed: " + std::strerror(err));
-    }
-    f->base_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
+  ASL_RETURN_IF_ERROR(MapFile(path, &f->base_, &f->size_));
 
   if (f->size_ < 8) return corrupt("truncated: " + std::to_string(f->size_) + " bytes is too small for a safetensors header");
   uint64_t header_size = 0;
@@ -140,7 +121,7 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), size_);
+  if (base_ != nullptr) UnmapFile(base_, size_);
 }
 
 const SafetensorsTensorInfo* SafetensorsFile::FindTensor(std::string_view name) const {
