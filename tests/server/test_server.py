@@ -243,17 +243,24 @@ def test_health_transitions(fresh_server_dir):
         assert statuses[-1] == H.SERVING
         # Draining: a long request keeps the server busy while health turns NOT_SERVING.
         results = {}
+        started = threading.Event()
 
         def long_request():
             try:
-                results["complete"] = generate(s.stub, prompt="Tell me a story.",
-                                               sampling=greedy(64, ignore_eos=True))[1]
+                call = s.stub.Generate(pb.GenerateRequest(prompt="Tell me a story.",
+                                                          sampling=greedy(64, ignore_eos=True)), timeout=300)
+                for msg in call:
+                    started.set()
+                    if msg.HasField("complete"):
+                        results["complete"] = msg.complete
             except grpc.RpcError as e:
                 results["error"] = e
+            finally:
+                started.set()
 
         t = threading.Thread(target=long_request)
         t.start()
-        time.sleep(1.0)
+        assert started.wait(timeout=120)  # the request is running before the signal
         s.signal(signal.SIGTERM)
         deadline = time.time() + 10
         while s.health_status() != H.NOT_SERVING and time.time() < deadline:
@@ -329,7 +336,9 @@ def test_sigterm_drains_and_exits_zero(fresh_server_dir):
         first = next(it)
         assert first.HasField("chunk")
         s.signal(signal.SIGTERM)
-        time.sleep(0.3)
+        deadline = time.time() + 10
+        while s.health_status() == health_pb2.HealthCheckResponse.SERVING and time.time() < deadline:
+            time.sleep(0.02)
         # New work is refused while draining.
         with pytest.raises(grpc.RpcError) as e:
             generate(s.stub, prompt="Hi", sampling=greedy(1), timeout=10)
@@ -372,7 +381,16 @@ def test_queue_full_is_resource_exhausted(fresh_server_dir):
         calls = [s.stub.Generate(pb.GenerateRequest(prompt="Go on.", sampling=greedy(1000, ignore_eos=True)),
                                  timeout=300) for _ in range(2)]
         next(iter(calls[0]))  # running
-        time.sleep(0.5)       # the second one waits
+        # The second one waits: poll the gauges rather than sleep, a loaded machine may take a while
+        # to deliver the second call to the engine.
+        deadline = time.time() + 60
+        while True:
+            m = metrics(s)
+            if (sample(m, "asl_requests_running", "asl_requests_running") == 1
+                    and sample(m, "asl_requests_waiting", "asl_requests_waiting") == 1):
+                break
+            assert time.time() < deadline, "the second request never showed as waiting"
+            time.sleep(0.05)
         with pytest.raises(grpc.RpcError) as e:
             generate(s.stub, prompt="Hi", sampling=greedy(1), timeout=30)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
