@@ -2,7 +2,10 @@
 """Latency vs context: prefill tokens/s, TTFT and TPOT per policy, default model, this machine.
 
 Runs `asl-cli generate` on essay text cut to each prompt length (same tokens for every policy),
-repeats each cell, and writes a markdown table with median/min/max and ratios to `full`.
+repeats each cell, and writes a markdown table with median/min/max and ratios to `full`. With
+`--llama-bench`, the same run also times llama.cpp's `llama-bench` on the given GGUF files at the same
+prompt lengths (prefill: `-p N`; decode: `-n M -d N`, i.e. M tokens generated after N tokens of context)
+with the same thread count, so both engines are measured on the same machine in the same run.
 
   .venv/bin/python bench/latency.py --lengths 512 2048 8192 --policies full snapkv fastkv asl \
       --budget 512 --reps 3 --out bench/results/latency.md
@@ -63,6 +66,19 @@ def run(cli, model, ids, policy, budget, max_tokens, threads, extra):
     return json.loads(out.stdout)
 
 
+def llama_bench(exe, model, n, max_tokens, reps, threads):
+    """llama.cpp prefill tok/s for n prompt tokens, and decode tok/s for max_tokens after n of context."""
+    def one(args):
+        cmd = [exe, "-m", model, "-r", str(reps), "-o", "json", *args]
+        if threads:
+            cmd += ["-t", str(threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(" ".join(cmd) + "\n" + out.stderr[-2000:])
+        return json.loads(out.stdout)[0]["samples_ts"]
+    return one(["-p", str(n), "-n", "0"]), one(["-p", "0", "-n", str(max_tokens), "-d", str(n)])
+
+
 def fmt(values, scale=1.0, digits=3):
     v = [x * scale for x in values]
     return f"{statistics.median(v):.{digits}f} ({min(v):.{digits}f}-{max(v):.{digits}f})"
@@ -80,11 +96,14 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--context", type=int, default=8192, help="model context (prompt + output)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--llama-bench", default="", help="path to llama.cpp's llama-bench; empty: skip llama.cpp")
+    ap.add_argument("--llama-models", nargs="*", default=[],
+                    help="LABEL=PATH GGUF files for llama-bench (default: the --model file, labelled by its name)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.md"))
     a = ap.parse_args()
 
-    rows = []
+    rows, llama_rows = [], []
     for n in a.lengths:
         # The default model's context is 8192: a prompt of n tokens plus the output must fit.
         max_tokens = a.max_tokens
@@ -108,6 +127,14 @@ def main():
             rows.append(row)
             print(f"n={n} {policy}: prefill {statistics.median(prefill):.3f}s, "
                   f"tpot {statistics.median(tpot)*1000:.1f}ms, kv {row['kv']}/{row['kv_full']}", file=sys.stderr)
+        if a.llama_bench:
+            models = a.llama_models or [f"{pathlib.Path(a.model).name}={a.model}"]
+            for spec in models:
+                label, path = spec.split("=", 1)
+                pp, tg = llama_bench(a.llama_bench, path, n, max_tokens, a.reps, a.threads)
+                llama_rows.append(dict(n=n, label=label, pp=pp, tg=tg, base=base))
+                print(f"n={n} llama.cpp {label}: pp {statistics.median(pp):.0f} tok/s, "
+                      f"tg {statistics.median(tg):.1f} tok/s", file=sys.stderr)
 
     cmd = " ".join([".venv/bin/python", "bench/latency.py"] + sys.argv[1:])
     lines = [
@@ -127,6 +154,25 @@ def main():
             f'| {r["n"]} | {r["policy"]} | {fmt(r["prefill"])} | {statistics.median(tps):.0f} | {fmt(r["ttft"])} | '
             f'{fmt(r["tpot"], 1000, 1)} | {statistics.median(dec):.1f} | {r["ttft_ratio"]:.2f} | {r["tpot_ratio"]:.2f} | '
             f'{r["kv"]} / {r["kv_full"]} | {r["kv_bytes"] / 1048576:.1f} | {sel} |')
+    if llama_rows:
+        lines += [
+            "", "## llama.cpp on the same machine, same run",
+            "", f"`llama-bench` built from the llama.cpp vendored in llama-cpp-python (see bench/llamacpp.sh), "
+            f"{a.threads or 'default'} threads, {a.reps} repetitions per cell: median (min-max). Prefill: `-p N -n 0`; "
+            f"decode: `-p 0 -n {a.max_tokens} -d N` (generation after N tokens of context), the same positions as "
+            "asl-serve's TPOT above. llama.cpp keeps full KV (no pruning).", "",
+            "| prompt | engine / weights | prefill s | prefill tok/s | decode tok/s | TPOT ms | asl-serve full TTFT / this | asl-serve full TPOT / this |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in llama_rows:
+            pre = [r["n"] / t for t in r["pp"]]
+            tpot = [1.0 / t for t in r["tg"]]
+            b = r["base"]
+            ttft_x = statistics.median(b["ttft"]) / statistics.median(pre) if b else float("nan")
+            tpot_x = statistics.median(b["tpot"]) / statistics.median(tpot) if b else float("nan")
+            lines.append(
+                f'| {r["n"]} | llama.cpp {r["label"]} | {fmt(pre)} | {statistics.median(r["pp"]):.0f} | '
+                f'{statistics.median(r["tg"]):.1f} | {fmt(tpot, 1000, 1)} | {ttft_x:.2f} | {tpot_x:.2f} |')
     pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
