@@ -61,6 +61,7 @@ struct EvalOptions {
   double limit_seconds = 0;              // 0 = no limit; else stop, cancel and write a partial report
   std::string chat_template;             // override: chatml or llama3
   bool dry_run = false;                  // build the samples only (<out>.samples.json)
+  std::string resume;                    // an earlier <out>.json whose requests are carried over
   void Register(CLI::App* app);
 };
 

@@ -246,5 +246,62 @@ TEST(Runner, CellThatCannotFitIsSkippedWithANote) {
   EXPECT_EQ(out.requests_done, 2 * 3);
 }
 
+TEST(Runner, ResumeRunsOnlyWhatIsMissing) {
+  Vocab vocab;
+  auto encode = [&](const std::string& u, const std::string& p) -> StatusOr<std::vector<TokenId>> {
+    return vocab.Encode("<user> " + u + " <assistant> " + p);
+  };
+  SampleBuilder builder(Data(), 42, encode);
+  FakeEngine engine(&vocab, std::chrono::milliseconds(0));
+  RunPlan plan = SmallPlan();
+  RunOutput first = RunBenchmark(engine, builder, plan);
+  engine.Shutdown(false, std::chrono::milliseconds(0));
+  ASSERT_EQ(first.results.size(), 21u);
+
+  // The earlier run's results, through their JSON form, less two `full` ones; plus one that is not in
+  // this plan (budget 999). The 7 asl@512 results failed (the fake rejects them): they run again.
+  RunPlan again = SmallPlan();
+  int dropped_full = 0;
+  for (const auto& r : first.results) {
+    if (r.policy == "full" && dropped_full < 2) {
+      dropped_full++;
+      continue;
+    }
+    auto back = ResultFromJson(ResultJson(r));
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(back->output, r.output);
+    EXPECT_EQ(back->pruning.selection_layer, r.pruning.selection_layer);
+    EXPECT_EQ(back->pruning.outcome, r.pruning.outcome);
+    EXPECT_EQ(back->depth_percent, r.depth_percent);
+    again.prior.push_back(std::move(back).value());
+  }
+  RunResult stray = again.prior.back();
+  stray.budget = 999;
+  again.prior.push_back(stray);
+
+  SampleBuilder builder2(Data(), 42, encode);
+  FakeEngine engine2(&vocab, std::chrono::milliseconds(0));
+  RunOutput out = RunBenchmark(engine2, builder2, again);
+  engine2.Shutdown(false, std::chrono::milliseconds(0));
+  EXPECT_EQ(out.requests_resumed, 21 - 2 - 7);
+  // Run again: the 2 dropped `full` requests, and the 7 failed asl@512 ones (which the fake rejects at
+  // Submit again, before it records them).
+  ASSERT_EQ(engine2.submitted.size(), 2u);
+  for (const auto& p : engine2.submitted) EXPECT_EQ(p.policy, PolicyKind::kFull);
+  int failed = 0;
+  for (const auto& r : out.results) failed += !r.error.empty();
+  EXPECT_EQ(failed, 7);
+  EXPECT_EQ(out.requests_planned, 21);
+  EXPECT_EQ(out.requests_done, 21);
+  ASSERT_EQ(out.results.size(), 21u);
+  std::set<std::string> keys;
+  for (const auto& r : out.results) {
+    keys.insert(ResultKey(r.task, r.length, r.index, r.depth_percent, r.policy, r.budget));
+  }
+  EXPECT_EQ(keys.size(), 21u);  // each request once, the stray one left out
+
+  EXPECT_FALSE(ResultFromJson(nlohmann::json{{"task", "vt"}}).ok());
+}
+
 }  // namespace
 }  // namespace asl::eval

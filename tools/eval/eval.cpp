@@ -32,6 +32,8 @@ void EvalOptions::Register(CLI::App* app) {
   app->add_option("--limit-seconds", limit_seconds, "stop after this long and write the partial report (0 = no limit)")
       ->capture_default_str();
   app->add_option("--chat-template", chat_template, "override the model's chat template: chatml or llama3");
+  app->add_option("--resume", resume, "an earlier run's <out>.json (same seed and model): its requests are not run again")
+      ->check(CLI::ExistingFile);
   app->add_flag("--dry-run", dry_run, "build and size every sample, write them to <out>.samples.json, run nothing");
 }
 
@@ -134,7 +136,8 @@ int RunEval(CommonOptions& o, const EvalOptions& e) {
           out.push_back({{"task", s->task}, {"length", s->length}, {"index", s->index},
                          {"depth_percent", s->depth_percent}, {"haystack_size", s->size},
                          {"prompt_tokens", s->prompt_ids.size()}, {"max_tokens", s->max_tokens},
-                         {"user", s->text.user}, {"answer_prefix", s->text.answer_prefix}, {"answers", s->text.answers}});
+                         {"user", s->text.user}, {"answer_prefix", s->text.answer_prefix}, {"answers", s->text.answers},
+                         {"prompt_ids", s->prompt_ids}});
         }
         std::fprintf(stderr, "[eval] built %s at %d (%.1f s so far, %lld encodes)\n", task.c_str(), length,
                      Since(t_build), static_cast<long long>(builder.num_encodes()));
@@ -167,6 +170,28 @@ int RunEval(CommonOptions& o, const EvalOptions& e) {
   meta.niah_samples = e.niah_samples;
   meta.seed = e.seed;
 
+  if (!e.resume.empty()) {
+    nlohmann::json prior;
+    try {
+      prior = nlohmann::json::parse(std::ifstream(e.resume));
+      const auto& pm = prior.at("meta");
+      if (pm.at("seed").get<uint64_t>() != e.seed) {
+        return Fail(InvalidArgument("--resume: " + e.resume + " was made with seed " + pm.at("seed").dump()));
+      }
+      if (pm.at("model").get<std::string>() != meta.model) {
+        return Fail(InvalidArgument("--resume: " + e.resume + " was made with model " + pm.at("model").dump()));
+      }
+      for (const auto& r : prior.at("results")) {
+        auto result = eval::ResultFromJson(r);
+        if (!result.ok()) return Fail(InvalidArgument("--resume: " + e.resume + ": " + result.status().message()));
+        plan.prior.push_back(std::move(result).value());
+      }
+      meta.notes.push_back("results carried over from " + e.resume + " (" + pm.at("command").get<std::string>() + ")");
+    } catch (const nlohmann::json::exception& ex) {
+      return Fail(InvalidArgument("--resume: " + e.resume + ": " + ex.what()));
+    }
+  }
+
   // ---- run ------------------------------------------------------------------------------------------
   eval::RunOutput run = eval::RunBenchmark(*engine, builder, plan);
   engine->Shutdown(false, std::chrono::milliseconds(0));
@@ -174,7 +199,11 @@ int RunEval(CommonOptions& o, const EvalOptions& e) {
   meta.requests_planned = run.requests_planned;
   meta.requests_done = run.requests_done;
   meta.partial = run.partial;
-  meta.notes = run.notes;
+  meta.notes.insert(meta.notes.end(), run.notes.begin(), run.notes.end());
+  if (run.requests_resumed > 0) {
+    meta.notes.push_back(std::to_string(run.requests_resumed) + " of the " + std::to_string(run.requests_planned) +
+                         " requests are carried over from --resume");
+  }
   const std::vector<eval::RunResult>& results = run.results;
 
   // ---- report ---------------------------------------------------------------------------------------

@@ -232,6 +232,58 @@ json ResultJson(const RunResult& r) {
   return j;
 }
 
+StatusOr<RunResult> ResultFromJson(const json& j) {
+  try {
+    RunResult r;
+    r.task = j.at("task").get<std::string>();
+    r.length = j.at("length").get<int>();
+    r.index = j.at("index").get<int>();
+    r.depth_percent = j.value("depth_percent", -1.0);
+    r.haystack_size = j.at("haystack_size").get<int64_t>();
+    r.policy = j.at("policy").get<std::string>();
+    r.budget = j.at("budget").get<int>();
+    r.answers = j.at("answers").get<std::vector<std::string>>();
+    r.output = j.at("output").get<std::string>();
+    r.score = j.at("score").get<double>();
+    r.finish_reason = j.at("finish_reason").get<std::string>();
+    r.error = j.value("error", std::string());
+    r.prompt_tokens = j.at("prompt_tokens").get<int64_t>();
+    r.completion_tokens = j.at("completion_tokens").get<int64_t>();
+    r.ttft_seconds = j.at("ttft_seconds").get<double>();
+    r.e2e_seconds = j.at("e2e_seconds").get<double>();
+    const json& p = j.at("pruning");
+    const auto policy = ParsePolicy(r.policy);
+    if (!policy) return InvalidArgument("policy: unknown policy '" + r.policy + "'");
+    r.pruning.policy = *policy;
+    const std::string outcome = p.at("outcome").get<std::string>();
+    bool known = false;
+    for (SelectionOutcome o : {SelectionOutcome::kNone, SelectionOutcome::kSelected, SelectionOutcome::kForced,
+                               SelectionOutcome::kNotApplicable}) {
+      if (outcome == SelectionOutcomeName(o)) r.pruning.outcome = o, known = true;
+    }
+    if (!known) return InvalidArgument("pruning.outcome: unknown outcome '" + outcome + "'");
+    r.pruning.selection_layer = p.at("selection_layer").get<int>();
+    r.pruning.num_prompt_tokens = r.prompt_tokens;
+    r.pruning.num_propagated_tokens = p.at("propagated_tokens").get<int64_t>();
+    r.pruning.num_kv_tokens_kept = p.at("kv_tokens_kept").get<int64_t>();
+    r.pruning.num_kv_tokens_full = p.at("kv_tokens_full").get<int64_t>();
+    r.pruning.kv_bytes = p.at("kv_bytes").get<int64_t>();
+    r.pruning.prefill_seconds = p.at("prefill_seconds").get<double>();
+    r.pruning.variance_ratios = p.at("variance_ratios").get<std::vector<double>>();
+    return r;
+  } catch (const json::exception& e) {
+    return InvalidArgument(std::string("result: ") + e.what());
+  }
+}
+
+std::string ResultKey(const std::string& task, int length, int index, double depth_percent, const std::string& policy,
+                      int budget) {
+  char depth[32];
+  std::snprintf(depth, sizeof(depth), "%.6f", depth_percent);
+  return task + "|" + std::to_string(length) + "|" + std::to_string(index) + "|" + depth + "|" + policy + "|" +
+         std::to_string(budget);
+}
+
 json ReportJson(const ReportMeta& m, const std::vector<RunResult>& results) {
   json rs = json::array();
   for (const auto& r : results) rs.push_back(ResultJson(r));

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/common/status.h"
 #include "engine/request.h"
 
 namespace asl::eval {
@@ -59,6 +60,11 @@ struct ReportMeta {
 std::string SelectionLabel(const PruningReport& r);
 
 nlohmann::json ResultJson(const RunResult& r);
+// The inverse of ResultJson for the fields a report needs (for --resume); an error names the field.
+StatusOr<RunResult> ResultFromJson(const nlohmann::json& j);
+// The key that identifies one request of a plan: task, length, sample index, NIAH depth, policy, budget.
+std::string ResultKey(const std::string& task, int length, int index, double depth_percent,
+                      const std::string& policy, int budget);
 nlohmann::json ReportJson(const ReportMeta& meta, const std::vector<RunResult>& results);
 std::string ReportMarkdown(const ReportMeta& meta, const std::vector<RunResult>& results);
 

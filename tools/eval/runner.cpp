@@ -1,5 +1,6 @@
 #include "tools/eval/runner.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -7,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 
 #include "tools/eval/scoring.h"
 
@@ -90,12 +92,21 @@ class Runner {
   Runner(Engine& engine, SampleBuilder& builder, const RunPlan& plan)
       : engine_(engine), builder_(builder), plan_(plan) {
     for (PolicyKind p : plan.policies) jobs_per_sample_ += p == PolicyKind::kFull ? 1 : static_cast<int64_t>(plan.budgets.size());
+    // Prior results that belong to this plan are carried over; their jobs are never submitted.
+    std::map<std::pair<std::string, int>, int64_t> resumed_per_cell;
+    for (const RunResult& r : plan.prior) {
+      if (!r.error.empty() || !InPlan(r) || !resumed_.insert(Key(r)).second) continue;
+      out_.results.push_back(r);
+      resumed_per_cell[{r.task, r.length}]++;
+    }
+    out_.requests_resumed = out_.requests_done = static_cast<int64_t>(out_.results.size());
+    out_.requests_planned = out_.requests_done;
     for (int length : plan.lengths) {
       for (const auto& t : plan.tasks) {
         Cell c;
         c.length = length;
         c.task = t;
-        c.planned = NumSamples(t) * jobs_per_sample_;
+        c.planned = NumSamples(t) * jobs_per_sample_ - resumed_per_cell[{t, length}];
         out_.requests_planned += c.planned;
         work_planned_ += static_cast<double>(c.planned) * length;
         cells_.push_back(std::move(c));
@@ -129,6 +140,22 @@ class Runner {
   }
 
  private:
+  static std::string Key(const RunResult& r) {
+    return ResultKey(r.task, r.length, r.index, r.depth_percent, r.policy, r.budget);
+  }
+
+  // Whether an earlier result is one of this plan's requests.
+  bool InPlan(const RunResult& r) const {
+    const auto has = [](const auto& v, const auto& x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+    const auto policy = ParsePolicy(r.policy);
+    if (!policy || !has(plan_.policies, *policy) || !has(plan_.lengths, r.length) || !has(plan_.tasks, r.task)) {
+      return false;
+    }
+    if (*policy == PolicyKind::kFull ? r.budget != 0 : !has(plan_.budgets, r.budget)) return false;
+    if (r.task == kNiahGrid) return r.index < plan_.niah_samples && has(plan_.niah_depths, r.depth_percent);
+    return r.index < plan_.samples;
+  }
+
   int64_t NumSamples(const std::string& task) const {
     return task == kNiahGrid ? static_cast<int64_t>(plan_.niah_depths.size()) * plan_.niah_samples : plan_.samples;
   }
@@ -138,6 +165,7 @@ class Runner {
     while (next_cell_ < cells_.size()) {
       const size_t ci = next_cell_++;
       Cell& c = cells_[ci];
+      if (c.planned == 0) continue;  // every request of the cell was carried over
       c.started = Clock::now();
       const int64_t n = NumSamples(c.task);
       const size_t nd = plan_.niah_depths.size();
@@ -158,12 +186,18 @@ class Runner {
         continue;
       }
       for (size_t si = 0; si < c.samples.size(); ++si) {
+        const Sample& s = c.samples[si];
+        const auto add = [&](PolicyKind p, int b) {
+          if (!resumed_.count(ResultKey(s.task, s.length, s.index, s.depth_percent, PolicyName(p), b))) {
+            jobs_.push_back({ci, si, p, b});
+          }
+        };
         for (PolicyKind p : plan_.policies) {
           if (p == PolicyKind::kFull) {
-            jobs_.push_back({ci, si, p, 0});
+            add(p, 0);
             continue;
           }
-          for (int b : plan_.budgets) jobs_.push_back({ci, si, p, b});
+          for (int b : plan_.budgets) add(p, b);
         }
       }
       return true;
@@ -253,6 +287,7 @@ class Runner {
   std::vector<Job> jobs_;
   size_t next_cell_ = 0, next_job_ = 0, cells_done_ = 0;
   std::map<size_t, RequestId> in_flight_;  // job -> request
+  std::set<std::string> resumed_;          // keys of the results carried over from the plan's prior
   DoneQueue done_;
   bool stopping_ = false;
   double work_planned_ = 0.0, work_done_ = 0.0;  // Σ requests x context length

@@ -25,12 +25,16 @@ struct RunPlan {
   int batch = 8;
   double limit_seconds = 0;        // 0 = none
   PruningParams base;              // window, kernel, tau, ... shared by every request
+  // Results of an earlier run of the same samples (same seed, model and data; --resume): requests of
+  // this plan found here are not run again, and the output carries them (failed ones are rerun).
+  std::vector<RunResult> prior;
 };
 
 struct RunOutput {
   std::vector<RunResult> results;  // cancelled requests are left out
-  int64_t requests_planned = 0;
+  int64_t requests_planned = 0;    // including the ones carried over from RunPlan::prior
   int64_t requests_done = 0;
+  int64_t requests_resumed = 0;    // carried over from RunPlan::prior
   bool partial = false;            // stopped by limit_seconds
   double wall_seconds = 0.0;
   std::vector<std::string> notes;  // cells skipped because their samples could not be built
