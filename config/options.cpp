@@ -205,6 +205,18 @@ std::vector<Option> BuildOptions() {
                         [](auto* c) { return &c->engine.max_waiting; }));
   o.push_back(IntOption("scheduler.max_prefill_tokens", "prompt tokens prefilled per engine step", 1, kIntMax,
                         [](auto* c) { return &c->engine.max_prefill_tokens; }));
+  o.push_back(Option{"scheduler.admission", "reserve|optimistic",
+                     "reserve: admit while every running request's prompt KV after pruning + max_tokens fits "
+                     "(no preemption); optimistic: admit by prompt KV only, preempt (recompute) when decode runs out",
+                     nullptr, nullptr});
+  o.back().set = [](const std::string& value, ServerConfig* c) -> Status {
+    const std::string v = Trim(value);
+    const std::string why = OneOf({"reserve", "optimistic"})(v);
+    if (!why.empty()) return InvalidArgument(why);
+    c->engine.optimistic_admission = v == "optimistic";
+    return Status::Ok();
+  };
+  o.back().get = [](const ServerConfig& c) { return std::string(c.engine.optimistic_admission ? "optimistic" : "reserve"); };
   o.push_back(IntOption("scheduler.max_model_len",
                         "limit on prompt + max_tokens; 0 = the model's context length (larger values are capped)", 0,
                         kIntMax, [](auto* c) { return &c->engine.max_model_len; }));

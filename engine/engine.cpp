@@ -65,6 +65,7 @@ class EngineImpl final : public Engine, private sched::BlockFacts {
  private:
   // sched::BlockFacts
   int64_t num_free_blocks() const override { return pool_->num_blocks_free(); }
+  int64_t num_total_blocks() const override { return pool_->num_blocks_total(); }
   int64_t BlocksForNextToken(const sched::Sequence& seq) const override;
 
   void Loop();
@@ -162,7 +163,8 @@ Status EngineImpl::Init() {
   kv_ = std::make_unique<kv::PagedKvCache>(pool_.get());
   runner_ = std::make_unique<runner::ModelRunner>(model_.get(), kv_.get());
   scheduler_ = std::make_unique<sched::Scheduler>(sched::SchedulerConfig{
-      config_.max_num_seqs, config_.max_prefill_tokens, static_cast<int>(mc.num_layers), config_.block_size});
+      config_.max_num_seqs, config_.max_prefill_tokens, static_cast<int>(mc.num_layers), config_.block_size,
+      config_.optimistic_admission ? sched::AdmissionMode::kOptimistic : sched::AdmissionMode::kReserve});
   if (config_.max_model_len <= 0 || config_.max_model_len > mc.max_position_embeddings) {
     config_.max_model_len = static_cast<int>(mc.max_position_embeddings);
   }
@@ -229,6 +231,7 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   e->seq.num_prompt_tokens = n;
   e->seq.max_tokens = e->request.sampling.max_tokens;
   e->seq.admission_blocks = admission;
+  e->seq.lifetime_blocks = std::max(lifetime_blocks, admission + mc.num_layers);
   e->seq.arrival_time = Clock::now();
   e->sampler = std::make_unique<sample::SamplerState>(e->request.sampling, e->request.prompt_ids);
   e->detok = std::make_unique<tok::IncrementalDecoder>(*tokenizer_, /*skip_special=*/true);

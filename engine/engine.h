@@ -26,6 +26,10 @@ struct EngineConfig {
   int max_num_seqs = 64;           // running sequences at once
   int max_waiting = 256;           // waiting queue limit: beyond it Submit fails RESOURCE_EXHAUSTED
   int max_prefill_tokens = 8192;   // prompt tokens prefilled per engine step
+  // Admission (engine/sched/scheduler.h): false reserves each request's lifetime blocks (prompt KV
+  // after pruning + max_tokens), so nothing is preempted; true admits by the prompt's blocks only
+  // and preempts (recompute) when decode runs out.
+  bool optimistic_admission = false;
   int max_model_len = 0;           // prompt + max_tokens limit; 0 = the model's context length
   PruningParams default_pruning;   // server-wide pruning defaults (resolved per request)
 };

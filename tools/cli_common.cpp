@@ -26,6 +26,9 @@ void CommonOptions::Register(CLI::App* app) {
   app->add_option("--threads", threads, "intra-op threads (0 = all cores)")->capture_default_str();
   app->add_option("--kv-cache", kv_cache, "KV pool size, e.g. 512MiB, 2GiB")->capture_default_str();
   app->add_option("--block-size", block_size, "tokens per KV block")->capture_default_str();
+  app->add_option("--admission", admission, "scheduler admission: reserve (lifetime blocks, no preemption) or optimistic")
+      ->check(CLI::IsMember({"reserve", "optimistic"}))
+      ->capture_default_str();
   app->add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app->add_option("--policy", policy, "full, snapkv, fastkv, gemfilter, asl, asl_2pass")->capture_default_str();
   app->add_option("--window", pruning.window, "observation window W")->capture_default_str();
@@ -74,6 +77,7 @@ EngineConfig CommonOptions::ToEngineConfig() const {
   c.num_threads = threads;
   c.kv_cache_bytes = ParseBytes(kv_cache);
   c.block_size = block_size;
+  c.optimistic_admission = admission == "optimistic";
   c.default_pruning = pruning;
   return c;
 }

@@ -24,6 +24,7 @@ struct CommonOptions {
   std::string log_level = "warn";
   std::string policy = "full";
   std::string pooling = "avg";
+  std::string admission = "reserve";  // scheduler admission: reserve or optimistic
   PruningParams pruning;
 
   void Register(CLI::App* app);

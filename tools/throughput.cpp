@@ -160,7 +160,8 @@ int RunThroughput(CommonOptions& o, const ThroughputOptions& t) {
   }
   std::string report = header + "- prompt tokens " + std::to_string(t.prompt_tokens) + ", output tokens " +
                        std::to_string(t.max_tokens) + ", budget (kv_budget = select_k) " + std::to_string(t.budget) +
-                       ", max_num_seqs " + std::to_string(t.max_num_seqs) + "\n\n" + md.str();
+                       ", max_num_seqs " + std::to_string(t.max_num_seqs) +
+                       ", admission " + o.admission + "\n\n" + md.str();
   std::cout << report;
   if (!t.out.empty()) std::ofstream(t.out) << report;
   return 0;

@@ -44,17 +44,24 @@ StepPlan Scheduler::Schedule(const BlockFacts& blocks) {
 
   // Admission in arrival order; a preempted sequence was just put back and must wait a step.
   int64_t prefill_tokens = 0;
+  int64_t reserved = 0;  // kReserve: the lifetimes of the running sequences
+  for (const Sequence* s : running_) reserved += s->lifetime_blocks;
   while (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs) {
     Sequence* s = waiting_.front();
     const int64_t tokens = s->num_prompt_tokens;
     // Prompt KV after pruning, plus the outputs a preempted sequence replays, plus one decode
-    // block per layer of headroom.
+    // block per layer of headroom: what must be free now, in either mode.
     const int64_t replay_blocks = static_cast<int64_t>(s->output_ids.size() + config_.block_size - 1) / config_.block_size;
     const int64_t need = s->admission_blocks + config_.num_layers * (1 + replay_blocks);
     if (need > free_blocks) break;
+    if (config_.admission == AdmissionMode::kReserve &&
+        reserved + std::max(s->lifetime_blocks, need) > blocks.num_total_blocks()) {
+      break;
+    }
     if (!plan.prefill.empty() && prefill_tokens + tokens > config_.max_prefill_tokens) break;
     waiting_.pop_front();
     free_blocks -= need;
+    reserved += std::max(s->lifetime_blocks, need);
     prefill_tokens += tokens;
     s->state = SeqState::kRunning;
     running_.push_back(s);

@@ -26,6 +26,7 @@ struct Sequence {
   int64_t num_fed_outputs = 0;
   int64_t next_position = 0;           // logical position of the next fed token
   int64_t admission_blocks = 0;        // upper bound of the prompt's KV blocks after pruning
+  int64_t lifetime_blocks = 0;         // upper bound of all its blocks: prompt after pruning + max_tokens
   uint64_t arrival_seq = 0;            // FIFO order of arrival
   int num_preemptions = 0;
   Clock::time_point arrival_time;

@@ -125,7 +125,10 @@ TEST_F(EngineTest, PreemptionByRecomputeFinishesCorrectly) {
   auto reqs = Mixed();
   // 40 MiB = 1706 blocks of 24 KiB: room for the largest request alone (full KV of 772 + 16 tokens
   // = 1500 blocks), not for all of them at once.
-  auto engine = Engine::Create(Config(40 << 20));
+  // Optimistic admission (by prompt KV only) over-commits the pool; decode then runs out.
+  EngineConfig config = Config(40 << 20);
+  config.optimistic_admission = true;
+  auto engine = Engine::Create(config);
   ASSERT_TRUE(engine.ok()) << engine.status().ToString();
   std::vector<std::shared_ptr<Collect>> sinks;
   RunStaggered(**engine, reqs, sinks);

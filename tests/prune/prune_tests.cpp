@@ -240,8 +240,10 @@ TEST(KvUpperBound, PerPolicy) {
 
 struct FakeBlocks : sched::BlockFacts {
   int64_t free = 0;
+  int64_t total = int64_t{1} << 40;
   std::map<RequestId, int64_t> next;  // blocks each sequence needs for its next token
   int64_t num_free_blocks() const override { return free; }
+  int64_t num_total_blocks() const override { return total; }
   int64_t BlocksForNextToken(const sched::Sequence& s) const override {
     auto it = next.find(s.id);
     return it == next.end() ? 0 : it->second;
@@ -288,6 +290,32 @@ TEST(Scheduler, PreemptsLatestArrivalWhenDecodeDoesNotFit) {
   EXPECT_EQ(plan.decode.size(), 2u);
   EXPECT_EQ(sch.waiting().front()->id, 3u);
   EXPECT_EQ(c.num_preemptions, 1);
+}
+
+TEST(Scheduler, ReserveAdmitsByLifetimeOptimisticByPrompt) {
+  // Prompt KV 10 blocks each (+2 headroom over 2 layers), lifetime 40 (max_tokens included); pool of
+  // 100 blocks, all free.
+  for (auto mode : {sched::AdmissionMode::kReserve, sched::AdmissionMode::kOptimistic}) {
+    sched::Scheduler sch({8, 100000, 2, 16, mode});
+    auto a = MakeSeq(1, 400, 10), b = MakeSeq(2, 400, 10), c = MakeSeq(3, 400, 10);
+    for (auto* s : {&a, &b, &c}) {
+      s->lifetime_blocks = 40;
+      sch.AddWaiting(s);
+    }
+    FakeBlocks blocks;
+    blocks.free = blocks.total = 100;
+    sched::StepPlan plan = sch.Schedule(blocks);
+    if (mode == sched::AdmissionMode::kReserve) {
+      ASSERT_EQ(plan.prefill.size(), 2u);  // 40 + 40 reserved; a third would need 120
+      // Later steps: the running pair holds few blocks yet (free 90), but their reservations stand.
+      blocks.free = 90;
+      EXPECT_TRUE(sch.Schedule(blocks).prefill.empty());
+      sch.Remove(&a);  // one finishes: its reservation is released
+      EXPECT_EQ(sch.Schedule(blocks).prefill.size(), 1u);
+    } else {
+      EXPECT_EQ(plan.prefill.size(), 3u);  // 3 x 12 blocks fit the free 100 now
+    }
+  }
 }
 
 TEST(Scheduler, PrefillTokenBudgetAdmitsAtLeastOne) {

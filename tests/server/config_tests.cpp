@@ -49,6 +49,7 @@ TEST(ServerConfig, BuiltInDefaults) {
   EXPECT_EQ(c.engine.max_num_seqs, 64);
   EXPECT_EQ(c.engine.max_waiting, 256);
   EXPECT_EQ(c.engine.max_prefill_tokens, 8192);
+  EXPECT_FALSE(c.engine.optimistic_admission);
   EXPECT_EQ(c.engine.max_model_len, 0);
   const PruningParams& p = c.engine.default_pruning;
   EXPECT_EQ(p.policy, PolicyKind::kFull);
@@ -166,6 +167,10 @@ TEST(ServerConfig, OutOfRangeNamesTheKey) {
   ExpectError(Parse({"--pruning.window=0"}).status(), {"--pruning.window"});
   ExpectError(Parse({"--server.max_message_bytes=10"}).status(), {"--server.max_message_bytes"});
   ExpectError(Parse({"--model.device=tpu"}).status(), {"--model.device", "tpu"});
+  ExpectError(Parse({"--scheduler.admission=greedy"}).status(), {"--scheduler.admission", "greedy"});
+  auto optimistic = Parse({"--scheduler.admission=optimistic"});
+  ASSERT_TRUE(optimistic.ok()) << optimistic.status().ToString();
+  EXPECT_TRUE(optimistic->config.engine.optimistic_admission);
   // Constraints between keys name the key that breaks them.
   ExpectError(Parse({"--pruning.kernel=4"}).status(), {"pruning.kernel", "odd"});
   ExpectError(Parse({"--pruning.select_k=16"}).status(), {"pruning.select_k", "pruning.window"});
