@@ -18,6 +18,7 @@ kvpress pins transformers < 5.3 while the test venv pins 5.23, so kvpress lives 
       --samples bench/out/kvpress.samples.json --budget 256 --out bench/results/kvpress_check.md
 """
 import argparse
+import importlib.metadata
 import json
 import pathlib
 import subprocess
@@ -73,7 +74,6 @@ def main():
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
-    import kvpress
     import transformers
     from kvpress import SnapKVPress
     from transformers import AutoModelForCausalLM
@@ -114,7 +114,7 @@ def main():
     ident = sum(r["identical"] for r in rows)
     lines = [
         "# snapkv vs NVIDIA kvpress SnapKVPress (independent reference)", "",
-        f"- kvpress {kvpress.__version__ if hasattr(kvpress, '__version__') else '0.5.5'}, transformers "
+        f"- kvpress {importlib.metadata.version('kvpress')}, transformers "
         f"{transformers.__version__}, float32 CPU; asl-serve `asl-cli generate --policy snapkv`",
         f"- budget C = {a.budget} per layer and KV head (window 32 included), avg pooling kernel 7; "
         "kvpress: `SnapKVPress(compression_ratio=1-(C+0.5)/n, window_size=32, kernel_size=7)` applied to the whole "
