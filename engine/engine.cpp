@@ -32,6 +32,18 @@ using sched::Clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// FNV-1a over the token ids: identifies identical prompts for the scheduler's prefill budget.
+uint64_t HashTokens(const std::vector<TokenId>& ids) {
+  uint64_t h = 1469598103934665603ull;
+  for (TokenId t : ids) {
+    for (int b = 0; b < 4; ++b) {
+      h ^= (static_cast<uint32_t>(t) >> (8 * b)) & 0xffu;
+      h *= 1099511628211ull;
+    }
+  }
+  return h;
+}
+
 int64_t AvailableHostMemory() {
   std::ifstream f("/proc/meminfo");
   std::string key;
@@ -229,6 +241,7 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   e->request = std::move(request);
   e->sink = std::move(sink);
   e->seq.num_prompt_tokens = n;
+  e->seq.prompt_hash = HashTokens(e->request.prompt_ids);
   e->seq.max_tokens = e->request.sampling.max_tokens;
   e->seq.admission_blocks = admission;
   e->seq.lifetime_blocks = std::max(lifetime_blocks, admission + mc.num_layers);

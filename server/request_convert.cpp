@@ -314,6 +314,7 @@ void FillComplete(const FinishEvent& ev, bool detailed, v1::GenerateComplete* ou
   p->set_num_kv_tokens_full(r.num_kv_tokens_full);
   p->set_kv_bytes(r.kv_bytes);
   p->set_prefill_seconds(r.prefill_seconds);
+  p->set_prefill_token_layers(r.prefill_token_layers);
   if (detailed) {
     for (double v : r.variance_ratios) p->add_variance_ratios(v);
     for (int64_t pos : r.selected_positions) p->add_selected_positions(pos);

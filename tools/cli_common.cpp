@@ -151,6 +151,7 @@ json PruningJson(const PruningReport& r) {
               {"kv_tokens_full", r.num_kv_tokens_full},
               {"kv_bytes", r.kv_bytes},
               {"prefill_seconds", r.prefill_seconds},
+              {"prefill_token_layers", r.prefill_token_layers},
               {"variance_ratios", r.variance_ratios},
               {"selected_positions", r.selected_positions}};
 }

@@ -70,6 +70,7 @@ LayerPlan PruningPolicy::Select(int layer, int64_t q, const at::Tensor& order, S
 LayerPlan PruningPolicy::OnLayer(int layer, int64_t q, const at::Tensor& pooled, const at::Tensor& gem) {
   LayerPlan plan;
   const int64_t W = params_.window;
+  report_.prefill_token_layers += q;
   if (pooled.defined() && KvBudgetApplies(q)) {
     plan.kv_keep = SnapKvKeep(KvHeadScores(pooled, num_kv_heads_), params_.kv_budget, W);
   }

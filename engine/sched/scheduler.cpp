@@ -1,6 +1,7 @@
 #include "engine/sched/scheduler.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace asl::sched {
 
@@ -44,11 +45,14 @@ StepPlan Scheduler::Schedule(const BlockFacts& blocks) {
 
   // Admission in arrival order; a preempted sequence was just put back and must wait a step.
   int64_t prefill_tokens = 0;
+  std::vector<std::pair<uint64_t, int64_t>> prompts_this_step;  // (hash, tokens): charged once each
   int64_t reserved = 0;  // kReserve: the lifetimes of the running sequences
   for (const Sequence* s : running_) reserved += s->lifetime_blocks;
   while (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs) {
     Sequence* s = waiting_.front();
-    const int64_t tokens = s->num_prompt_tokens;
+    const bool repeated = std::find(prompts_this_step.begin(), prompts_this_step.end(),
+                                    std::make_pair(s->prompt_hash, s->num_prompt_tokens)) != prompts_this_step.end();
+    const int64_t tokens = repeated ? 0 : s->num_prompt_tokens;
     // Prompt KV after pruning, plus the outputs a preempted sequence replays, plus one decode
     // block per layer of headroom: what must be free now, in either mode.
     const int64_t replay_blocks = static_cast<int64_t>(s->output_ids.size() + config_.block_size - 1) / config_.block_size;
@@ -63,6 +67,7 @@ StepPlan Scheduler::Schedule(const BlockFacts& blocks) {
     free_blocks -= need;
     reserved += std::max(s->lifetime_blocks, need);
     prefill_tokens += tokens;
+    if (!repeated) prompts_this_step.emplace_back(s->prompt_hash, s->num_prompt_tokens);
     s->state = SeqState::kRunning;
     running_.push_back(s);
     plan.prefill.push_back(s);

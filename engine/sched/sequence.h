@@ -19,6 +19,9 @@ struct Sequence {
   RequestId id = 0;
   SeqState state = SeqState::kWaiting;
   int64_t num_prompt_tokens = 0;
+  // Hash of the prompt's token ids: identical prompts admitted in one step are prefilled once
+  // (the runner shares their rows), so the step's prefill budget charges them once.
+  uint64_t prompt_hash = 0;
   int max_tokens = 0;
   std::vector<TokenId> output_ids;     // every generated token so far (kept across preemption)
   // Output tokens whose K/V is in the cache. Decode feeds output_ids[num_fed_outputs]; a

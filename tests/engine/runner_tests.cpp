@@ -42,6 +42,7 @@ class RunnerTest : public ::testing::Test {
     at::Tensor logits;
     PruningReport report;
     std::vector<int64_t> kv_lengths;
+    int64_t token_layers = 0;  // of the whole batch
   };
 
   // Runs prompts together in one packed prefill with a fresh cache.
@@ -63,7 +64,7 @@ class RunnerTest : public ::testing::Test {
     EXPECT_TRUE(out.ok()) << out.status().ToString();
     std::vector<Result> res;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      Result r{out->logits[static_cast<int64_t>(i)].clone(), policies[i]->report(), {}};
+      Result r{out->logits[static_cast<int64_t>(i)].clone(), policies[i]->report(), {}, out->token_layers};
       for (int l = 0; l < c.num_layers; ++l) r.kv_lengths.push_back(cache.Length(static_cast<kv::SeqId>(i), l));
       res.push_back(std::move(r));
     }
@@ -112,6 +113,9 @@ TEST_F(RunnerTest, KvBudgetIsExactPerLayer) {
     EXPECT_EQ(f[0].kv_lengths[l], l <= sel ? 500 : 200) << "layer " << l;
   }
   EXPECT_EQ(f[0].report.selection_layer, sel);
+  const int64_t L = model_->config().num_layers;
+  EXPECT_EQ(f[0].report.prefill_token_layers, (sel + 1) * 500 + (L - sel - 1) * 200);
+  EXPECT_EQ(r[0].report.prefill_token_layers, L * 500);  // snapkv compresses the KV, not the prefill
   // Propagated tokens keep their original positions: the window is the last 32 positions.
   ASSERT_EQ(f[0].report.selected_positions.size(), 200u);
   EXPECT_EQ(f[0].report.selected_positions.back(), 499);
@@ -138,6 +142,42 @@ TEST_F(RunnerTest, PackedBatchGivesEachSequenceItsOwnResult) {
     EXPECT_TRUE(at::allclose(alone[0].logits, together[i].logits, 1e-4, 1e-4));
     EXPECT_EQ(alone[0].logits.argmax().item<int64_t>(), together[i].logits.argmax().item<int64_t>());
   }
+}
+
+TEST_F(RunnerTest, IdenticalPromptsShareRowsAndEachGetsItsOwnResult) {
+  // One prompt under every policy (as the accuracy benchmark sends it), beside another prompt:
+  // the copies are computed once until their policies diverge, and each still gets what it gets
+  // alone.
+  const auto a = Prompt(400, 30), b = Prompt(250, 31);
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<PruningParams> params;
+  const PolicyKind kinds[] = {PolicyKind::kFull, PolicyKind::kSnapKv, PolicyKind::kFastKv, PolicyKind::kGemFilter,
+                              PolicyKind::kAsl, PolicyKind::kAsl2Pass, PolicyKind::kAsl, PolicyKind::kSnapKv};
+  for (size_t i = 0; i < std::size(kinds); ++i) {
+    prompts.push_back(i == std::size(kinds) - 1 ? b : a);
+    params.push_back(Params(kinds[i], 128, i % 2 ? 96 : 0, i == 6 ? 0.9 : 0.3));
+  }
+  auto together = Run(prompts, params);
+  int64_t alone_rows = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto alone = Run({prompts[i]}, {params[i]});
+    alone_rows += alone[0].token_layers;
+    SCOPED_TRACE(std::string("sequence ") + std::to_string(i) + " " + PolicyName(kinds[i]));
+    EXPECT_EQ(alone[0].report.selection_layer, together[i].report.selection_layer);
+    EXPECT_EQ(alone[0].report.selected_positions, together[i].report.selected_positions);
+    EXPECT_EQ(alone[0].kv_lengths, together[i].kv_lengths);
+    EXPECT_TRUE(at::allclose(alone[0].logits, together[i].logits, 1e-4, 1e-4));
+    EXPECT_EQ(alone[0].logits.argmax().item<int64_t>(), together[i].logits.argmax().item<int64_t>());
+  }
+  // full and snapkv never cut, so the shared prompt's rows run through every layer once: the batch
+  // computes fewer rows than its sequences alone, and at least prompt a and b through all layers.
+  const int64_t L = model_->config().num_layers;
+  EXPECT_LT(together[0].token_layers, alone_rows);
+  EXPECT_GE(together[0].token_layers, (400 + 250) * L);
+  // Two copies with the same policy and prompt share everything: exactly the rows of one.
+  auto pair = Run({a, a}, {Params(PolicyKind::kSnapKv, 128, 96), Params(PolicyKind::kFull, 128, 0)});
+  EXPECT_EQ(pair[0].token_layers, 400 * L);
+  EXPECT_TRUE(at::equal(pair[0].logits, pair[1].logits));
 }
 
 }  // namespace

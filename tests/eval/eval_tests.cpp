@@ -361,6 +361,7 @@ TEST(Report, TablesPerLengthAndBudget) {
     r.pruning.num_kv_tokens_kept = policy == "full" ? 27000 : 7680;
     r.pruning.num_kv_tokens_full = 27000;
     r.pruning.prefill_seconds = 0.5;
+    r.pruning.prefill_token_layers = policy == "full" ? 27000 : 13500;
     rs.push_back(r);
   };
   add("vt", "full", 0, 1.0, -1);
@@ -382,13 +383,14 @@ TEST(Report, TablesPerLengthAndBudget) {
   EXPECT_NE(md.find("| **average** | **65.0** | **20.0** |"), std::string::npos) << md;
   EXPECT_NE(md.find("| vt | 12×2 |"), std::string::npos) << md;
   EXPECT_NE(md.find("| cwe | none×1 |"), std::string::npos) << md;
-  EXPECT_NE(md.find("| asl | 4 | 0 | 900 | 7680 | 28.4 % | 0.500 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| asl | 4 | 0 | 900 | 7680 | 28.4 % | 50.0 % | 0.500 |"), std::string::npos) << md;
   EXPECT_NE(md.find("### asl @ budget 256"), std::string::npos);
   EXPECT_NE(md.find("| 1024 | – | 0.0 | 0.0 |"), std::string::npos) << md;
   EXPECT_NE(md.find("| 1024 | 100.0 | – | 100.0 |"), std::string::npos) << md;
   nlohmann::json j = ReportJson(meta, rs);
   ASSERT_EQ(j["results"].size(), rs.size());
   EXPECT_EQ(j["results"][3]["pruning"]["selection_layer"], 12);
+  EXPECT_EQ(j["results"][3]["pruning"]["prefill_token_layers"], 13500);
   EXPECT_EQ(j["results"][7]["depth_percent"], 0.0);
 }
 

@@ -329,5 +329,19 @@ TEST(Scheduler, PrefillTokenBudgetAdmitsAtLeastOne) {
   EXPECT_EQ(sch.Schedule(blocks).prefill.size(), 1u);
 }
 
+TEST(Scheduler, IdenticalPromptsChargeThePrefillBudgetOnce) {
+  // The runner computes identical prompts of one step once, so three copies of a 60-token prompt
+  // cost 60 of the 100-token budget; a different 60-token prompt (other hash) does not fit beside.
+  sched::Scheduler sch({8, /*max_prefill_tokens=*/100, 1});
+  auto a = MakeSeq(1, 60, 1), b = MakeSeq(2, 60, 1), c = MakeSeq(3, 60, 1), d = MakeSeq(4, 60, 1);
+  a.prompt_hash = b.prompt_hash = c.prompt_hash = 7;
+  d.prompt_hash = 8;
+  for (auto* s : {&a, &b, &c, &d}) sch.AddWaiting(s);
+  FakeBlocks blocks;
+  blocks.free = 100;
+  EXPECT_EQ(sch.Schedule(blocks).prefill.size(), 3u);
+  EXPECT_EQ(sch.Schedule(blocks).prefill.size(), 1u);
+}
+
 }  // namespace
 }  // namespace asl

@@ -27,7 +27,7 @@ void EvalOptions::Register(CLI::App* app) {
   app->add_option("--niah-depths", niah_depths, "needle depths of the grid (0..100 % evenly)")->capture_default_str();
   app->add_option("--niah-samples", niah_samples, "grid samples per length and depth (0 = no grid)")->capture_default_str();
   app->add_option("--seed", seed, "sample generation seed")->capture_default_str();
-  app->add_option("--batch", batch, "requests in flight")->capture_default_str();
+  app->add_option("--batch", batch, "requests in flight; a sample's requests (its prompt under every policy and budget) are submitted together, so the engine computes the prompt once until the policies diverge")->capture_default_str();
   app->add_option("--out", out_prefix, "output prefix: writes <out>.json and <out>.md")->capture_default_str();
   app->add_option("--limit-seconds", limit_seconds, "stop after this long and write the partial report (0 = no limit)")
       ->capture_default_str();

@@ -122,10 +122,11 @@ std::string TaskTables(const ReportMeta& meta, const std::vector<RunResult>& res
   }
 
   // Cost per policy, over every task of this length.
-  md << Row({"policy", "requests", "errors", "prompt tokens", "KV tokens kept", "kept / full", "prefill s", "e2e s"})
-     << Rule(8);
+  md << Row({"policy", "requests", "errors", "prompt tokens", "KV tokens kept", "kept / full", "prefill compute / full",
+             "prefill step s", "e2e s"})
+     << Rule(9);
   for (const auto& p : meta.policies) {
-    Mean prompt, kept, ratio, prefill, e2e;
+    Mean prompt, kept, ratio, compute, prefill, e2e;
     int64_t n = 0, errors = 0;
     for (const auto& r : results) {
       if (!Matches(r, length, p, budget)) continue;
@@ -138,12 +139,18 @@ std::string TaskTables(const ReportMeta& meta, const std::vector<RunResult>& res
       kept.Add(static_cast<double>(r.pruning.num_kv_tokens_kept));
       if (r.pruning.num_kv_tokens_full > 0) {
         ratio.Add(static_cast<double>(r.pruning.num_kv_tokens_kept) / static_cast<double>(r.pruning.num_kv_tokens_full));
+        if (r.pruning.prefill_token_layers > 0) {
+          compute.Add(static_cast<double>(r.pruning.prefill_token_layers) /
+                      static_cast<double>(r.pruning.num_kv_tokens_full));
+        }
       }
       prefill.Add(r.pruning.prefill_seconds);
       e2e.Add(r.e2e_seconds);
     }
     md << Row({p, std::to_string(n), std::to_string(errors), Fixed(prompt.value(), 0), Fixed(kept.value(), 0),
-               ratio.n ? Fixed(100.0 * ratio.value(), 1) + " %" : "–", Fixed(prefill.value(), 3), Fixed(e2e.value(), 2)});
+               ratio.n ? Fixed(100.0 * ratio.value(), 1) + " %" : "–",
+               compute.n ? Fixed(100.0 * compute.value(), 1) + " %" : "–", Fixed(prefill.value(), 3),
+               Fixed(e2e.value(), 2)});
   }
   md << "\n";
   return md.str();
@@ -226,6 +233,7 @@ json ResultJson(const RunResult& r) {
            {"kv_tokens_full", r.pruning.num_kv_tokens_full},
            {"kv_bytes", r.pruning.kv_bytes},
            {"prefill_seconds", r.pruning.prefill_seconds},
+           {"prefill_token_layers", r.pruning.prefill_token_layers},
            {"variance_ratios", r.pruning.variance_ratios}}}};
   if (r.depth_percent >= 0) j["depth_percent"] = r.depth_percent;
   if (!r.error.empty()) j["error"] = r.error;
@@ -269,6 +277,7 @@ StatusOr<RunResult> ResultFromJson(const json& j) {
     r.pruning.num_kv_tokens_full = p.at("kv_tokens_full").get<int64_t>();
     r.pruning.kv_bytes = p.at("kv_bytes").get<int64_t>();
     r.pruning.prefill_seconds = p.at("prefill_seconds").get<double>();
+    r.pruning.prefill_token_layers = p.value("prefill_token_layers", int64_t{0});  // 0: not recorded (older runs)
     r.pruning.variance_ratios = p.at("variance_ratios").get<std::vector<double>>();
     return r;
   } catch (const json::exception& e) {
@@ -309,7 +318,11 @@ std::string ReportMarkdown(const ReportMeta& m, const std::vector<RunResult>& re
      << (m.partial ? " — **partial: stopped by --limit-seconds**" : "") << "\n";
   for (const auto& n : m.notes) md << "- note: " << n << "\n";
   md << "\nScores are RULER's string_match_all in % (NIAH grid: % of answers containing the number); the average "
-        "is over the RULER tasks.\n\n";
+        "is over the RULER tasks. In the cost tables, \"prefill compute / full\" is the request's own prefill "
+        "work (Σ over layers of the tokens each layer ran on, both passes of a two-pass policy) over full's; "
+        "\"prefill step s\" is the wall time of the packed prefill step the request ran in, shared with its "
+        "batch-mates (its own prompt under the other policies among them, computed once until they diverge), "
+        "so it is not one request's cost: bench/results/latency.md times each policy alone.\n\n";
   for (int length : m.lengths) {
     for (int b : m.budgets) {
       md << "## Context " << length << " tokens, budget " << b << "\n\n" << TaskTables(m, results, length, b);

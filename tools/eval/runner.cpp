@@ -123,9 +123,17 @@ class Runner {
                      in_flight_.size());
         for (const auto& [job, id] : in_flight_) engine_.Cancel(id);
       }
-      while (!stopping_ && static_cast<int>(in_flight_.size()) < plan_.batch) {
+      // A sample's requests (one prompt under every policy and budget) go in together, so the
+      // engine prefills them in one step and computes their shared rows once.
+      while (!stopping_) {
         if (next_job_ == jobs_.size() && !PlanNextCell()) break;
-        Submit(next_job_++);
+        size_t end = next_job_ + 1;
+        while (end < jobs_.size() && jobs_[end].cell == jobs_[next_job_].cell &&
+               jobs_[end].sample == jobs_[next_job_].sample) {
+          ++end;
+        }
+        if (!in_flight_.empty() && in_flight_.size() + (end - next_job_) > static_cast<size_t>(plan_.batch)) break;
+        while (next_job_ < end) Submit(next_job_++);
       }
       if (in_flight_.empty()) break;
       auto d = done_.Pop(std::chrono::milliseconds(200));

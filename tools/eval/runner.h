@@ -1,6 +1,6 @@
 // The accuracy benchmark's run loop: builds each (length, task) cell's samples when the cell comes
-// up, submits every sample under every policy and budget to one Engine with `batch` requests in
-// flight, scores what comes back, and prints one progress line per finished cell to stderr.
+// up, submits every sample under every policy and budget to one Engine with up to `batch` requests
+// in flight (a sample's requests together, so the runner shares their prompt's rows), scores what comes back, and prints one progress line per finished cell to stderr.
 // Needs only engine.h: the prompts come from the SampleBuilder, so tests drive it with a fake engine.
 #pragma once
 
@@ -22,7 +22,7 @@ struct RunPlan {
   int samples = 20;
   std::vector<double> niah_depths;
   int niah_samples = 1;
-  int batch = 8;
+  int batch = 8;                   // requests in flight (a whole sample at least)
   double limit_seconds = 0;        // 0 = none
   PruningParams base;              // window, kernel, tau, ... shared by every request
   // Results of an earlier run of the same samples (same seed, model and data; --resume): requests of
