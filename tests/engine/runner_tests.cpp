@@ -71,6 +71,15 @@ class RunnerTest : public ::testing::Test {
     return res;
   }
 
+  // A sequence in a batch against the same sequence alone: same selection, kept KV and output.
+  static void ExpectSameOutcome(const Result& alone, const Result& batched) {
+    EXPECT_EQ(alone.report.selection_layer, batched.report.selection_layer);
+    EXPECT_EQ(alone.report.selected_positions, batched.report.selected_positions);
+    EXPECT_EQ(alone.kv_lengths, batched.kv_lengths);
+    EXPECT_TRUE(at::allclose(alone.logits, batched.logits, 1e-4, 1e-4));
+    EXPECT_EQ(alone.logits.argmax().item<int64_t>(), batched.logits.argmax().item<int64_t>());
+  }
+
   static model::LlamaModel* model_;
 };
 model::LlamaModel* RunnerTest::model_ = nullptr;
@@ -136,11 +145,7 @@ TEST_F(RunnerTest, PackedBatchGivesEachSequenceItsOwnResult) {
   for (int i = 0; i < 8; ++i) {
     auto alone = Run({prompts[i]}, {params[i]});
     SCOPED_TRACE(std::string("sequence ") + std::to_string(i) + " " + PolicyName(kinds[i]));
-    EXPECT_EQ(alone[0].report.selection_layer, together[i].report.selection_layer);
-    EXPECT_EQ(alone[0].report.selected_positions, together[i].report.selected_positions);
-    EXPECT_EQ(alone[0].kv_lengths, together[i].kv_lengths);
-    EXPECT_TRUE(at::allclose(alone[0].logits, together[i].logits, 1e-4, 1e-4));
-    EXPECT_EQ(alone[0].logits.argmax().item<int64_t>(), together[i].logits.argmax().item<int64_t>());
+    ExpectSameOutcome(alone[0], together[i]);
   }
 }
 
@@ -163,11 +168,7 @@ TEST_F(RunnerTest, IdenticalPromptsShareRowsAndEachGetsItsOwnResult) {
     auto alone = Run({prompts[i]}, {params[i]});
     alone_rows += alone[0].token_layers;
     SCOPED_TRACE(std::string("sequence ") + std::to_string(i) + " " + PolicyName(kinds[i]));
-    EXPECT_EQ(alone[0].report.selection_layer, together[i].report.selection_layer);
-    EXPECT_EQ(alone[0].report.selected_positions, together[i].report.selected_positions);
-    EXPECT_EQ(alone[0].kv_lengths, together[i].kv_lengths);
-    EXPECT_TRUE(at::allclose(alone[0].logits, together[i].logits, 1e-4, 1e-4));
-    EXPECT_EQ(alone[0].logits.argmax().item<int64_t>(), together[i].logits.argmax().item<int64_t>());
+    ExpectSameOutcome(alone[0], together[i]);
   }
   // full and snapkv never cut, so the shared prompt's rows run through every layer once: the batch
   // computes fewer rows than its sequences alone, and at least prompt a and b through all layers.
