@@ -4,6 +4,9 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <iterator>
+#include <tuple>
+#include <utility>
 
 #include "engine/prune/scoring.h"
 
@@ -83,13 +86,29 @@ Status ModelRunner::RunPass(std::vector<Active> batch, std::vector<PrefillSeq>& 
       offset += a.count;
       attn_parts.push_back(m.CausalAttention(s));
 
+      // Members of one segment share its Q/K, so their scores are computed once per scoring setting.
+      std::vector<std::pair<std::tuple<int, int, Pooling>, at::Tensor>> pooled_by_setting;
+      at::Tensor gem_shared;
       for (size_t member : a.members) {
         prune::PruningPolicy& policy = *seqs[member].policy;
         const PruningParams& p = policy.params();
         const prune::ScoreNeeds needs = policy.Needs(layer, a.count);
         at::Tensor pooled, gem;
-        if (needs.window_scores) pooled = prune::PooledWindowScores(s.q, s.k, p.window, p.kernel, p.pooling, scale);
-        if (needs.gem_scores) gem = prune::GemFilterScores(s.q, s.k, /*kernel=*/5);
+        if (needs.window_scores) {
+          const auto setting = std::make_tuple(p.window, p.kernel, p.pooling);
+          auto it = std::find_if(pooled_by_setting.begin(), pooled_by_setting.end(),
+                                 [&](const auto& e) { return e.first == setting; });
+          if (it == pooled_by_setting.end()) {
+            pooled_by_setting.emplace_back(
+                setting, prune::PooledWindowScores(s.q, s.k, p.window, p.kernel, p.pooling, scale));
+            it = std::prev(pooled_by_setting.end());
+          }
+          pooled = it->second;
+        }
+        if (needs.gem_scores) {
+          if (!gem_shared.defined()) gem_shared = prune::GemFilterScores(s.q, s.k, /*kernel=*/5);
+          gem = gem_shared;
+        }
         const bool storing = !policy.in_first_pass();
         prune::LayerPlan plan = policy.OnLayer(layer, a.count, pooled, gem);
         if (storing) {
