@@ -178,7 +178,9 @@ int RunEval(CommonOptions& o, const EvalOptions& e) {
       if (pm.at("seed").get<uint64_t>() != e.seed) {
         return Fail(InvalidArgument("--resume: " + e.resume + " was made with seed " + pm.at("seed").dump()));
       }
-      if (pm.at("model").get<std::string>() != meta.model) {
+      // The model's name, architecture and depth, not where this checkout keeps the file.
+      const auto identity = [](const std::string& m) { return m.substr(0, m.find(" layers, ")); };
+      if (identity(pm.at("model").get<std::string>()) != identity(meta.model)) {
         return Fail(InvalidArgument("--resume: " + e.resume + " was made with model " + pm.at("model").dump()));
       }
       for (const auto& r : prior.at("results")) {
