@@ -22,7 +22,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git python3-venv python3-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libfmt-dev prometheus-cpp-dev libyaml-cpp-dev
-  libgtest-dev libgmock-dev libcpp-httplib-dev nlohmann-json3-dev libpcre2-dev libcli11-dev
+  libgtest-dev libgmock-dev libcpp-httplib-dev nlohmann-json3-dev libpcre2-dev libcli11-dev zlib1g-dev
 )
 
 log() { echo "[setup] $*"; }

@@ -4,9 +4,12 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <regex>
 #include <sstream>
+
+#include <unistd.h>
 
 #include "tools/eval/haystack.h"
 #include "tools/eval/report.h"
@@ -392,6 +395,40 @@ TEST(Report, TablesPerLengthAndBudget) {
   EXPECT_EQ(j["results"][3]["pruning"]["selection_layer"], 12);
   EXPECT_EQ(j["results"][3]["pruning"]["prefill_token_layers"], 13500);
   EXPECT_EQ(j["results"][7]["depth_percent"], 0.0);
+}
+
+TEST(Report, JsonFileRoundTripsPlainAndGzip) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("asl_eval_json_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  nlohmann::json j = {{"meta", {{"seed", 7}, {"command", "asl-cli eval"}}}, {"results", nlohmann::json::array()}};
+  for (int i = 0; i < 500; ++i) j["results"].push_back({{"task", "vt"}, {"index", i}, {"output", "the answer is x"}});
+  const std::string plain = (dir / "r.json").string(), gz = (dir / "r.json.gz").string();
+  ASSERT_TRUE(WriteJsonFile(plain, j).ok());
+  ASSERT_TRUE(WriteJsonFile(gz, j).ok());
+  // .gz is really gzip (magic 1f 8b) and smaller; both read back to the same document.
+  std::ifstream g(gz, std::ios::binary);
+  ASSERT_EQ(g.get(), 0x1f);
+  ASSERT_EQ(g.get(), 0x8b);
+  EXPECT_LT(fs::file_size(gz) * 5, fs::file_size(plain));
+  for (const auto& p : {plain, gz}) {
+    auto r = ReadJsonFile(p);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(*r, j) << p;
+  }
+  // A truncated archive, text that is not JSON, a missing file: each a clear error naming the file.
+  fs::resize_file(gz, fs::file_size(gz) / 2);
+  auto truncated = ReadJsonFile(gz);
+  ASSERT_FALSE(truncated.ok());
+  EXPECT_NE(truncated.status().message().find(gz), std::string::npos) << truncated.status().ToString();
+  std::ofstream(plain) << "{\"results\": [";
+  auto bad = ReadJsonFile(plain);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find(plain), std::string::npos);
+  EXPECT_EQ(ReadJsonFile((dir / "none.json.gz").string()).status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(WriteJsonFile((dir / "no" / "such" / "dir.json.gz").string(), j).ok());
+  fs::remove_all(dir);
 }
 
 TEST(Data, SharedDataLoads) {

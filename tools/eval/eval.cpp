@@ -28,11 +28,11 @@ void EvalOptions::Register(CLI::App* app) {
   app->add_option("--niah-samples", niah_samples, "grid samples per length and depth (0 = no grid)")->capture_default_str();
   app->add_option("--seed", seed, "sample generation seed")->capture_default_str();
   app->add_option("--batch", batch, "requests in flight; a sample's requests (its prompt under every policy and budget) are submitted together, so the engine computes the prompt once until the policies diverge")->capture_default_str();
-  app->add_option("--out", out_prefix, "output prefix: writes <out>.json and <out>.md")->capture_default_str();
+  app->add_option("--out", out_prefix, "output prefix: writes <out>.json.gz (every request) and <out>.md (the tables)")->capture_default_str();
   app->add_option("--limit-seconds", limit_seconds, "stop after this long and write the partial report (0 = no limit)")
       ->capture_default_str();
   app->add_option("--chat-template", chat_template, "override the model's chat template: chatml or llama3");
-  app->add_option("--resume", resume, "an earlier run's <out>.json (same seed and model): its requests are not run again")
+  app->add_option("--resume", resume, "an earlier run's <out>.json.gz or .json (same seed and model): its requests are not run again")
       ->check(CLI::ExistingFile);
   app->add_flag("--dry-run", dry_run, "build and size every sample, write them to <out>.samples.json, run nothing");
 }
@@ -171,9 +171,10 @@ int RunEval(CommonOptions& o, const EvalOptions& e) {
   meta.seed = e.seed;
 
   if (!e.resume.empty()) {
-    nlohmann::json prior;
+    auto read = eval::ReadJsonFile(e.resume);
+    if (!read.ok()) return Fail(InvalidArgument("--resume: " + read.status().message()));
+    const nlohmann::json& prior = read.value();
     try {
-      prior = nlohmann::json::parse(std::ifstream(e.resume));
       const auto& pm = prior.at("meta");
       if (pm.at("seed").get<uint64_t>() != e.seed) {
         return Fail(InvalidArgument("--resume: " + e.resume + " was made with seed " + pm.at("seed").dump()));
@@ -213,11 +214,13 @@ int RunEval(CommonOptions& o, const EvalOptions& e) {
   const fs::path out(e.out_prefix);
   std::error_code ec;
   if (out.has_parent_path()) fs::create_directories(out.parent_path(), ec);
-  const std::string json_path = e.out_prefix + ".json", md_path = e.out_prefix + ".md";
-  std::ofstream jf(json_path), mf(md_path);
-  if (!jf || !mf) return Fail(NotFound("eval: cannot write " + json_path + " / " + md_path));
-  jf << eval::ReportJson(meta, results).dump(1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  const std::string json_path = e.out_prefix + ".json.gz", md_path = e.out_prefix + ".md";
+  if (Status st = eval::WriteJsonFile(json_path, eval::ReportJson(meta, results)); !st.ok()) {
+    return Fail(Status(st.code(), "eval: " + st.message()));
+  }
+  std::ofstream mf(md_path);
   mf << eval::ReportMarkdown(meta, results);
+  if (!mf) return Fail(NotFound("eval: cannot write " + md_path));
   std::fprintf(stderr, "[eval] %lld requests in %.0f s; wrote %s and %s\n", static_cast<long long>(run.requests_done),
                run.wall_seconds, json_path.c_str(), md_path.c_str());
   return 0;

@@ -12,6 +12,8 @@
 #include <sstream>
 #include <thread>
 
+#include <zlib.h>
+
 #include "tools/eval/tasks.h"
 
 using json = nlohmann::json;
@@ -304,6 +306,44 @@ json ReportJson(const ReportMeta& m, const std::vector<RunResult>& results) {
                 {"wall_seconds", m.wall_seconds}, {"requests_planned", m.requests_planned},
                 {"requests_done", m.requests_done}, {"partial", m.partial}, {"notes", m.notes}}},
               {"results", rs}};
+}
+
+Status WriteJsonFile(const std::string& path, const json& j) {
+  const std::string text = j.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
+  const bool gz = path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
+  if (!gz) {
+    std::ofstream f(path, std::ios::binary);
+    f << text;
+    return f ? Status::Ok() : NotFound("cannot write " + path);
+  }
+  gzFile f = gzopen(path.c_str(), "wb9");
+  if (f == nullptr) return NotFound("cannot write " + path);
+  size_t off = 0;
+  bool ok = true;
+  while (ok && off < text.size()) {
+    const unsigned chunk = static_cast<unsigned>(std::min<size_t>(text.size() - off, 1u << 20));
+    ok = gzwrite(f, text.data() + off, chunk) == static_cast<int>(chunk);
+    off += chunk;
+  }
+  ok = gzclose(f) == Z_OK && ok;
+  return ok ? Status::Ok() : DataLoss("cannot write " + path);
+}
+
+StatusOr<json> ReadJsonFile(const std::string& path) {
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (f == nullptr) return NotFound("cannot read " + path);
+  std::string text;
+  std::array<char, 1 << 16> buf;
+  int n = 0;
+  while ((n = gzread(f, buf.data(), static_cast<unsigned>(buf.size()))) > 0) text.append(buf.data(), n);
+  int err = Z_OK;
+  const char* msg = n < 0 ? gzerror(f, &err) : nullptr;
+  const std::string why = msg ? msg : "";
+  gzclose(f);
+  if (n < 0) return DataLoss(path + ": " + why);
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return InvalidArgument(path + ": not valid JSON");
+  return j;
 }
 
 std::string ReportMarkdown(const ReportMeta& m, const std::vector<RunResult>& results) {

@@ -66,6 +66,10 @@ StatusOr<RunResult> ResultFromJson(const nlohmann::json& j);
 std::string ResultKey(const std::string& task, int length, int index, double depth_percent,
                       const std::string& policy, int budget);
 nlohmann::json ReportJson(const ReportMeta& meta, const std::vector<RunResult>& results);
+// The JSON file of a run: written gzip-compressed when `path` ends in ".gz" (per-request raw data
+// compresses ~10x), plain otherwise; read from either (zlib reads plain files as they are).
+Status WriteJsonFile(const std::string& path, const nlohmann::json& j);
+StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 std::string ReportMarkdown(const ReportMeta& meta, const std::vector<RunResult>& results);
 
 // Machine facts for the report header: CPU model, cores, memory (Linux /proc), and the git commit of
