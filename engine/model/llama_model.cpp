@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "engine/model/linear.h"
+
 namespace asl::model {
 
 at::Tensor RopeInverseFrequencies(const ModelConfig& c) {
@@ -74,9 +76,9 @@ Qkv LlamaModel::AttentionInputs(int layer, const at::Tensor& x, const Rope& rope
   const LayerWeights& w = weights_.layers[layer];
   const int64_t T = x.size(0);
   at::Tensor h = RmsNorm(x, w.attn_norm);
-  at::Tensor q = at::linear(h, w.wq, w.bq);
-  at::Tensor k = at::linear(h, w.wk, w.bk);
-  at::Tensor v = at::linear(h, w.wv, w.bv);
+  at::Tensor q = Linear(h, w.wq, w.bq, w.packed_wq);
+  at::Tensor k = Linear(h, w.wk, w.bk, w.packed_wk);
+  at::Tensor v = Linear(h, w.wv, w.bv, w.packed_wv);
   q = q.view({T, config_.num_heads, config_.head_dim});
   k = k.view({T, config_.num_kv_heads, config_.head_dim});
   v = v.view({T, config_.num_kv_heads, config_.head_dim});
@@ -96,19 +98,20 @@ at::Tensor LlamaModel::CausalAttention(const Qkv& qkv) const {
 }
 
 at::Tensor LlamaModel::AttentionOutput(int layer, const at::Tensor& attn) const {
-  return at::linear(attn, weights_.layers[layer].wo);
+  const LayerWeights& w = weights_.layers[layer];
+  return Linear(attn, w.wo, {}, w.packed_wo);
 }
 
 at::Tensor LlamaModel::Mlp(int layer, const at::Tensor& x) const {
   const LayerWeights& w = weights_.layers[layer];
   at::Tensor h = RmsNorm(x, w.ffn_norm);
-  at::Tensor gate = at::silu(at::linear(h, w.w_gate));
-  return at::linear(gate * at::linear(h, w.w_up), w.w_down);
+  at::Tensor gate = at::silu(Linear(h, w.w_gate, {}, w.packed_gate));
+  return Linear(gate * Linear(h, w.w_up, {}, w.packed_up), w.w_down, {}, w.packed_down);
 }
 
 at::Tensor LlamaModel::Logits(const at::Tensor& x) const {
   at::Tensor h = RmsNorm(x, weights_.norm);
-  return at::linear(h, weights_.lm_head).to(at::kFloat);
+  return Linear(h, weights_.lm_head, {}, weights_.packed_lm_head).to(at::kFloat);
 }
 
 }  // namespace asl::model

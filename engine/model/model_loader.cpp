@@ -3,12 +3,14 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "engine/model/linear.h"
 #include "engine/model/safetensors.h"
 
 namespace asl::model {
@@ -172,6 +174,8 @@ struct TensorSource {
   std::function<std::optional<Shape>(const std::string&)> shape_of;  // nullopt when absent
   std::function<std::string(const std::string&)> file_of;
   std::function<StatusOr<at::Tensor>(const std::string&)> load;      // CPU, floating point
+  // The tensor's encoded bytes and ggml type (GGUF only; null elsewhere): the packed copies.
+  std::function<PackedWeight(const std::string&)> packed;
 };
 
 enum class Part { kAttnNorm, kWq, kWk, kWv, kBq, kBk, kBv, kWo, kFfnNorm, kGate, kUp, kDown };
@@ -218,6 +222,17 @@ class WeightLoader {
     return t.to(device_, dtype_).contiguous();
   }
 
+  // The packed copy of a linear weight already loaded by Get (same name, same row fix), where the
+  // run is CPU float32 and the file stores it in a packable block type; undefined otherwise.
+  PackedWeight GetPacked(const std::string& name,
+                         const std::function<at::Tensor(const at::Tensor&)>& fix = nullptr) const {
+    if (!src_.packed || !device_.is_cpu() || dtype_ != at::kFloat) return {};
+    PackedWeight p = src_.packed(name);
+    if (!p.defined()) return {};
+    if (fix) p.bytes = fix(p.bytes);  // a permutation of whole rows
+    return p;
+  }
+
  private:
   const TensorSource& src_;
   at::Device device_;
@@ -254,12 +269,21 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const TensorSource& src
     ASL_ASSIGN_OR_RETURN(l.w_gate, w.Get(name(i, Part::kGate), {F, D}));
     ASL_ASSIGN_OR_RETURN(l.w_up, w.Get(name(i, Part::kUp), {F, D}));
     ASL_ASSIGN_OR_RETURN(l.w_down, w.Get(name(i, Part::kDown), {D, F}));
+    l.packed_wq = w.GetPacked(name(i, Part::kWq), fix_q);
+    l.packed_wk = w.GetPacked(name(i, Part::kWk), fix_k);
+    l.packed_wv = w.GetPacked(name(i, Part::kWv));
+    l.packed_wo = w.GetPacked(name(i, Part::kWo));
+    l.packed_gate = w.GetPacked(name(i, Part::kGate));
+    l.packed_up = w.GetPacked(name(i, Part::kUp));
+    l.packed_down = w.GetPacked(name(i, Part::kDown));
   }
   ASL_ASSIGN_OR_RETURN(mw.norm, w.Get(gguf ? "output_norm.weight" : "model.norm.weight", {D}));
   if (c.tie_word_embeddings) {
     mw.lm_head = mw.tok_embeddings;
+    mw.packed_lm_head = w.GetPacked(gguf ? "token_embd.weight" : "model.embed_tokens.weight");
   } else {
     ASL_ASSIGN_OR_RETURN(mw.lm_head, w.Get(gguf ? "output.weight" : "lm_head.weight", {c.vocab_size, D}));
+    mw.packed_lm_head = w.GetPacked(gguf ? "output.weight" : "lm_head.weight");
   }
   return mw;
 }
@@ -285,6 +309,18 @@ StatusOr<LoadedModel> LoadGguf(const std::string& path, const at::Device& device
   };
   src.file_of = [path](const std::string&) { return path; };
   src.load = [gp](const std::string& n) { return gp->LoadTensor(*gp->FindTensor(n)); };
+  src.packed = [gp](const std::string& n) -> PackedWeight {
+    const GgufTensorInfo* t = gp->FindTensor(n);
+    if (t == nullptr || t->shape.size() != 2 || !IsPackable(t->type) || t->shape[1] % 32 != 0) return {};
+    const int64_t rows = t->shape[0], row_bytes = PackedRowBytes(t->type, t->shape[1]);
+    if (static_cast<uint64_t>(rows * row_bytes) != t->nbytes) return {};  // LoadTensor has validated the size
+    PackedWeight p;
+    p.type = t->type;
+    p.cols = t->shape[1];
+    p.bytes = at::empty({rows, row_bytes}, at::kByte);
+    std::memcpy(p.bytes.data_ptr<uint8_t>(), gp->TensorData(*t), t->nbytes);
+    return p;
+  };
   ASL_ASSIGN_OR_RETURN(m.weights, LoadWeights(m.config, src, /*gguf=*/true, device, dtype));
   return m;
 }

@@ -5,11 +5,23 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "engine/model/model_config.h"
 
 namespace asl::model {
+
+// A linear weight as its GGUF file stores it (Q8_0, Q4_0 or Q4_1 blocks), rows in the float
+// tensor's order, kept beside the float tensor on CPU float32 runs: decode steps read these
+// (4-6x fewer bytes than float32) and decode them exactly to the float tensor's values on the fly
+// (linear.h). Undefined when the source is not block-quantized or the run is on GPU / bfloat16.
+struct PackedWeight {
+  uint32_t type = 0;   // GgmlType (quant.h)
+  int64_t cols = 0;    // elements per row (the linear's in-features)
+  at::Tensor bytes;    // uint8 [rows, row_bytes], contiguous
+  bool defined() const { return bytes.defined(); }
+};
 
 struct LayerWeights {
   at::Tensor attn_norm;  // [hidden]
@@ -22,6 +34,8 @@ struct LayerWeights {
   at::Tensor w_gate;     // [ffn, hidden]
   at::Tensor w_up;       // [ffn, hidden]
   at::Tensor w_down;     // [hidden, ffn]
+  // The packed copies of the seven projections (PackedWeight), where there are any.
+  PackedWeight packed_wq, packed_wk, packed_wv, packed_wo, packed_gate, packed_up, packed_down;
 };
 
 struct ModelWeights {
@@ -29,6 +43,7 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   at::Tensor norm;            // [hidden]
   at::Tensor lm_head;         // [vocab, hidden]; aliases tok_embeddings when tied
+  PackedWeight packed_lm_head;
 };
 
 }  // namespace asl::model

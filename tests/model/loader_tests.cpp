@@ -4,7 +4,9 @@
 
 #include <random>
 
+#include "engine/model/linear.h"
 #include "engine/model/model_loader.h"
+#include "engine/model/quant.h"
 #include "engine/model/safetensors.h"
 #include "tests/model/model_test_util.h"
 
@@ -272,6 +274,45 @@ TEST(Load, LlamaGgufQkUnpermutedToHfLayout) {
   EXPECT_TRUE(at::equal(gguf->weights.layers[0].wk, hf->weights.layers[0].wk));
 }
 
+// The packed copy of a weight holds the float weight's exact values, rows in the same order:
+// x = I gives back W^T through the packed kernel bit for bit.
+void ExpectPackedDecodesTo(const PackedWeight& p, const at::Tensor& w, const std::string& what) {
+  ASSERT_TRUE(p.defined()) << what;
+  const at::Tensor eye = at::eye(w.size(1), at::kFloat);
+  EXPECT_TRUE(at::equal(StreamingLinear(eye, p).t(), w)) << what;
+}
+
+// Packed copies exist exactly for Q8_0 / Q4_0 / Q4_1 tensors of a CPU float32 load (the tiny
+// llama mixes every type; layer 1's q is Q8_0 and permuted), never for F32/F16/BF16/K-quants,
+// bfloat16 runs or safetensors.
+TEST(Load, PackedCopiesOfBlockQuantizedGgufWeights) {
+  const std::string dir = TinyDir();
+  ASSERT_FALSE(dir.empty());
+  auto m = LoadModel(dir + "/llama.gguf", at::kCPU, at::kFloat);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  const auto& L = m->weights.layers;
+  ExpectPackedDecodesTo(L[1].packed_wq, L[1].wq, "blk.1.attn_q (Q8_0, permuted)");
+  ExpectPackedDecodesTo(L[0].packed_wo, L[0].wo, "blk.0.attn_output (Q4_0)");
+  ExpectPackedDecodesTo(L[0].packed_gate, L[0].w_gate, "blk.0.ffn_gate (Q4_1)");
+  ExpectPackedDecodesTo(L[1].packed_down, L[1].w_down, "blk.1.ffn_down (Q4_0)");
+  EXPECT_FALSE(L[0].packed_wq.defined());    // F32
+  EXPECT_FALSE(L[0].packed_wv.defined());    // F16
+  EXPECT_FALSE(L[0].packed_up.defined());    // Q4_K
+  EXPECT_FALSE(L[1].packed_wk.defined());    // BF16
+  ExpectPackedDecodesTo(m->weights.packed_lm_head, m->weights.lm_head, "tied head = token_embd (Q8_0)");
+  auto qwen = LoadModel(dir + "/qwen2.gguf", at::kCPU, at::kFloat);  // untied, output.weight Q6_K
+  ASSERT_TRUE(qwen.ok()) << qwen.status().ToString();
+  EXPECT_FALSE(qwen->weights.packed_lm_head.defined());
+  ExpectPackedDecodesTo(qwen->weights.layers[1].packed_wq, qwen->weights.layers[1].wq, "qwen2 blk.1.attn_q (Q8_0)");
+
+  auto bf16 = LoadModel(dir + "/llama.gguf", at::kCPU, at::kBFloat16);
+  ASSERT_TRUE(bf16.ok());
+  EXPECT_FALSE(bf16->weights.layers[1].packed_wq.defined());
+  auto hf = LoadModel(dir + "/llama_hf", at::kCPU, at::kFloat);
+  ASSERT_TRUE(hf.ok());
+  EXPECT_FALSE(hf->weights.layers[1].packed_wq.defined());
+}
+
 TEST(Load, TiedAndUntiedEmbeddings) {
   const std::string dir = TinyDir();
   ASSERT_FALSE(dir.empty());
@@ -517,6 +558,18 @@ TEST(DefaultModel, LoadsWithExpectedConfig) {
   EXPECT_EQ(m->weights.layers.size(), 30u);
   EXPECT_EQ(m->weights.layers[29].wk.sizes().vec(), (std::vector<int64_t>{192, 576}));
   EXPECT_TRUE(at::isfinite(m->weights.tok_embeddings).all().item<bool>());
+  // Q4_1 projections and the Q8_0 embedding (the tied head) are kept packed for decode steps.
+  for (int i : {0, 29}) {
+    const LayerWeights& l = m->weights.layers[i];
+    ExpectPackedDecodesTo(l.packed_wq, l.wq, "wq " + std::to_string(i));
+    ExpectPackedDecodesTo(l.packed_wk, l.wk, "wk " + std::to_string(i));
+    ExpectPackedDecodesTo(l.packed_down, l.w_down, "down " + std::to_string(i));
+  }
+  for (const LayerWeights& l : m->weights.layers) {
+    EXPECT_TRUE(l.packed_wv.defined() && l.packed_wo.defined() && l.packed_gate.defined() && l.packed_up.defined());
+  }
+  ASSERT_TRUE(m->weights.packed_lm_head.defined());
+  EXPECT_EQ(m->weights.packed_lm_head.type, static_cast<uint32_t>(GgmlType::kQ8_0));
   ASSERT_TRUE(m->gguf_tokenizer.has_value());
   EXPECT_EQ(m->gguf_tokenizer->tokens.size(), 49152u);
   EXPECT_EQ(m->gguf_tokenizer->bos_id, 1);

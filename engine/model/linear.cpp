@@ -1,0 +1,84 @@
+#include "engine/model/linear.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include "engine/model/linear_kernel.h"
+#include "engine/model/quant.h"
+
+namespace asl::model {
+namespace {
+
+bool UseAvx2() {
+#if defined(ASL_MODEL_HAVE_AVX2)
+  static const bool use =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return use;
+#else
+  return false;
+#endif
+}
+
+void Run(const LinearArgs& args) {
+  if (args.M == 0 || args.N == 0) return;
+  if (UseAvx2()) {
+    StreamingLinearAvx2(args);
+  } else {
+    RunStreamingLinear(args);
+  }
+}
+
+void CheckInput(const at::Tensor& x, int64_t N, int64_t K, const at::Tensor& b) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "linear: x ", x.sizes(), " does not match a weight of ", K, " columns");
+  TORCH_CHECK(x.is_cpu() && x.scalar_type() == at::kFloat, "linear: the streaming kernel takes float32 CPU input");
+  TORCH_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == N && b.scalar_type() == at::kFloat && b.is_cpu()),
+              "linear: bias must be [", N, "] float32 on the CPU");
+}
+
+}  // namespace
+
+bool IsPackable(uint32_t type) {
+  return type == static_cast<uint32_t>(GgmlType::kQ8_0) || type == static_cast<uint32_t>(GgmlType::kQ4_0) ||
+         type == static_cast<uint32_t>(GgmlType::kQ4_1);
+}
+
+int64_t PackedRowBytes(uint32_t type, int64_t cols) {
+  const auto traits = GgmlTypeInfo(type);
+  TORCH_CHECK(IsPackable(type) && traits && cols % traits->block_size == 0, "linear: cannot pack ", cols,
+              " columns of ", GgmlTypeName(type));
+  return cols / traits->block_size * traits->type_size;
+}
+
+at::Tensor StreamingLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  TORCH_CHECK(w.dim() == 2 && w.is_cpu() && w.scalar_type() == at::kFloat, "linear: w must be [N, K] float32 on the CPU");
+  CheckInput(x, w.size(0), w.size(1), b);
+  const at::Tensor xc = x.contiguous(), wc = w.contiguous();
+  const at::Tensor bc = b.defined() ? b.contiguous() : b;
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  Run(LinearArgs{x.size(0), w.size(0), x.size(1), xc.data_ptr<float>(), wc.data_ptr<float>(), nullptr, 0, 0,
+                 bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>()});
+  return out;
+}
+
+at::Tensor StreamingLinear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& b) {
+  TORCH_CHECK(w.defined() && w.bytes.dim() == 2 && w.bytes.scalar_type() == at::kByte && w.bytes.is_contiguous() &&
+                  w.bytes.size(1) == PackedRowBytes(w.type, w.cols),
+              "linear: malformed packed weight");
+  const int64_t N = w.bytes.size(0);
+  CheckInput(x, N, w.cols, b);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor bc = b.defined() ? b.contiguous() : b;
+  at::Tensor out = at::empty({x.size(0), N}, x.options());
+  Run(LinearArgs{x.size(0), N, w.cols, xc.data_ptr<float>(), nullptr, w.bytes.data_ptr<uint8_t>(), w.type,
+                 w.bytes.size(1), bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>()});
+  return out;
+}
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const PackedWeight& packed) {
+  const bool streamable = packed.defined() && x.dim() == 2 && x.size(0) <= kStreamingLinearMaxRows && x.is_cpu() &&
+                          x.scalar_type() == at::kFloat && (!b.defined() || b.scalar_type() == at::kFloat);
+  if (streamable) return StreamingLinear(x, packed, b);
+  return at::linear(x, w, b);
+}
+
+}  // namespace asl::model

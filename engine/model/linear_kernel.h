@@ -1,0 +1,259 @@
+// Internal to engine/model: the streaming linear kernel (see linear.h). Compiled twice, by
+// linear.cpp with the build's default flags and by linear_avx2.cpp with -mavx2 -mfma -mf16c; linear.cpp
+// picks one at run time. Internal linkage throughout, and at::vec's types live in a per-capability
+// inline namespace, so the two copies never merge at link time (as engine/kv/paged_attention_kernel.h).
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/Half.h>
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace asl::model {
+
+struct LinearArgs {
+  int64_t M, N, K;
+  const float* x;         // [M, K]
+  const float* w;         // [N, K] float32, or null when `packed` is set
+  const uint8_t* packed;  // [N, row_bytes] GGUF blocks of `packed_type`, or null
+  uint32_t packed_type;   // GgmlType: Q8_0, Q4_0 or Q4_1
+  int64_t row_bytes;
+  const float* bias;      // [N] or null
+  float* out;             // [M, N]
+};
+
+// Defined in linear_avx2.cpp (x86-64 builds only); call only where the CPU has AVX2, FMA and F16C.
+void StreamingLinearAvx2(const LinearArgs& a);
+
+namespace {
+
+using LVec = at::vec::Vectorized<float>;
+constexpr int64_t kLW = LVec::size();
+constexpr int64_t kAcc = 4;    // accumulators per output element: k-step index mod 4
+constexpr int64_t kTileM = 2;  // input rows per tile: kTileM * kAcc accumulators + loads fit 16 ymm
+constexpr uint32_t kTypeQ4_0 = 2, kTypeQ4_1 = 3, kTypeQ8_0 = 8;  // GgmlType ids (quant.h)
+
+// The fixed arithmetic of one output element, whatever kernel path, tile shape or thread computes
+// it: products w[k] * x[k] of the k-steps of kLW elements accumulate by fused multiply-add into
+// accumulator (step mod 4), in k order; the four are added as (a0 + a1) + (a2 + a3), the lanes
+// left to right, then the scalar tail, then the bias.
+inline float Finish(const LVec acc[kAcc], const float* w, const float* x, int64_t k_tail, int64_t K,
+                    const float* bias) {
+  float lanes[kLW];
+  ((acc[0] + acc[1]) + (acc[2] + acc[3])).store(lanes);
+  float s = 0.0f;
+  for (int64_t l = 0; l < kLW; ++l) s += lanes[l];
+  for (int64_t k = k_tail; k < K; ++k) s += w[k] * x[k];
+  if (bias != nullptr) s += *bias;
+  return s;
+}
+
+// Row n of float weights `w` (K floats) against input rows m0 .. m0 + MM - 1. Four k-steps per
+// iteration, so each accumulator has a fixed register (short loops fully unrolled).
+template <int MM>
+inline void FloatTile(const LinearArgs& a, const float* w, int64_t n, int64_t m0) {
+  const int64_t K = a.K, K8 = K - K % kLW, K32 = K - K % (kAcc * kLW);
+  const float* x[MM];
+  for (int j = 0; j < MM; ++j) x[j] = a.x + (m0 + j) * K;
+  LVec acc[MM][kAcc];
+#pragma GCC unroll 2
+  for (int j = 0; j < MM; ++j) {
+#pragma GCC unroll 4
+    for (int r = 0; r < kAcc; ++r) acc[j][r] = LVec(0.0f);
+  }
+  for (int64_t k = 0; k < K32; k += kAcc * kLW) {
+#pragma GCC unroll 4
+    for (int r = 0; r < kAcc; ++r) {
+      const LVec wv = LVec::loadu(w + k + r * kLW);
+#pragma GCC unroll 2
+      for (int j = 0; j < MM; ++j) acc[j][r] = at::vec::fmadd(wv, LVec::loadu(x[j] + k + r * kLW), acc[j][r]);
+    }
+  }
+  // Up to three steps left: steps 4q, 4q + 1, 4q + 2 go to accumulators 0, 1, 2.
+#pragma GCC unroll 3
+  for (int r = 0; r < kAcc - 1; ++r) {
+    const int64_t k = K32 + r * kLW;
+    if (k >= K8) break;
+    const LVec wv = LVec::loadu(w + k);
+#pragma GCC unroll 2
+    for (int j = 0; j < MM; ++j) acc[j][r] = at::vec::fmadd(wv, LVec::loadu(x[j] + k), acc[j][r]);
+  }
+  for (int j = 0; j < MM; ++j) {
+    a.out[(m0 + j) * a.N + n] = Finish(acc[j], w, x[j], K8, K, a.bias ? a.bias + n : nullptr);
+  }
+}
+
+inline void FloatRow(const LinearArgs& a, const float* w, int64_t n) {
+  int64_t m0 = 0;
+  for (; m0 + kTileM <= a.M; m0 += kTileM) FloatTile<kTileM>(a, w, n, m0);
+  for (; m0 < a.M; ++m0) FloatTile<1>(a, w, n, m0);
+}
+
+inline float HalfToFloat(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+#if defined(CPU_CAPABILITY_AVX2)
+  return _cvtsh_ss(h);  // F16C (linear.cpp checks the CPU); exact, like the software conversion
+#else
+  return c10::detail::fp16_ieee_to_fp32_value(h);
+#endif
+}
+
+// Block layouts (ggml-common.h): Q8_0 { half d; int8 qs[32] } = d * q; Q4_0 { half d; u8 qs[16] }
+// = (q - 8) * d; Q4_1 { half d; half m; u8 qs[16] } = q * d + m, low nibbles elements 0..15, high
+// 16..31. Decoded values are exactly quant.cpp's Dequantize (the same products and sums, never
+// fused: this file is compiled with -ffp-contract=off).
+inline int64_t BlockBytes(uint32_t type) { return type == kTypeQ8_0 ? 34 : type == kTypeQ4_1 ? 20 : 18; }
+
+#if defined(CPU_CAPABILITY_AVX2)
+
+// AVX2: each block is decoded into four vectors of 8 weights in registers and multiplied into the
+// accumulators at once (sub-vector s of a block is k-step 4b + s, so accumulator s). The block
+// type is a template parameter and the short loops are unrolled so everything stays in registers.
+template <uint32_t TYPE>
+inline void DecodeBlock(const uint8_t* blk, __m256 w[kAcc]) {
+  const __m256 dv = _mm256_set1_ps(HalfToFloat(blk));
+  if constexpr (TYPE == kTypeQ8_0) {
+#pragma GCC unroll 4
+    for (int s = 0; s < kAcc; ++s) {
+      const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * s)));
+      w[s] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), dv);
+    }
+  } else {
+    constexpr bool q41 = TYPE == kTypeQ4_1;
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (q41 ? 4 : 2)));
+    const __m128i lo = _mm_and_si128(bytes, low4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+    const __m256i q[kAcc] = {_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+                             _mm256_cvtepu8_epi32(hi), _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))};
+    if constexpr (q41) {
+      const __m256 mv = _mm256_set1_ps(HalfToFloat(blk + 2));
+#pragma GCC unroll 4
+      for (int s = 0; s < kAcc; ++s) w[s] = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q[s]), dv), mv);
+    } else {
+      const __m256i eight = _mm256_set1_epi32(8);
+#pragma GCC unroll 4
+      for (int s = 0; s < kAcc; ++s) w[s] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q[s], eight)), dv);
+    }
+  }
+}
+
+template <uint32_t TYPE, int MM>
+inline void PackedTile(const LinearArgs& a, const uint8_t* row, int64_t n, int64_t m0) {
+  constexpr int64_t bb = TYPE == kTypeQ8_0 ? 34 : TYPE == kTypeQ4_1 ? 20 : 18;
+  const int64_t K = a.K;
+  const float* x[MM];
+#pragma GCC unroll 2
+  for (int j = 0; j < MM; ++j) x[j] = a.x + (m0 + j) * K;
+  __m256 acc[MM][kAcc];
+#pragma GCC unroll 2
+  for (int j = 0; j < MM; ++j) {
+#pragma GCC unroll 4
+    for (int s = 0; s < kAcc; ++s) acc[j][s] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; k += 32, row += bb) {
+    __m256 w[kAcc];
+    DecodeBlock<TYPE>(row, w);
+#pragma GCC unroll 2
+    for (int j = 0; j < MM; ++j) {
+#pragma GCC unroll 4
+      for (int s = 0; s < kAcc; ++s) acc[j][s] = _mm256_fmadd_ps(w[s], _mm256_loadu_ps(x[j] + k + 8 * s), acc[j][s]);
+    }
+  }
+  for (int j = 0; j < MM; ++j) {
+    const LVec v[kAcc] = {LVec(acc[j][0]), LVec(acc[j][1]), LVec(acc[j][2]), LVec(acc[j][3])};
+    a.out[(m0 + j) * a.N + n] = Finish(v, nullptr, nullptr, K, K, a.bias ? a.bias + n : nullptr);
+  }
+}
+
+// One or two input rows: decoded and multiplied in registers. More: the row is decoded once into
+// scratch and computed as float weights from L1 (the same values and the same arithmetic).
+template <uint32_t TYPE>
+inline void PackedRowOf(const LinearArgs& a, int64_t n, float* scratch) {
+  constexpr int64_t bb = TYPE == kTypeQ8_0 ? 34 : TYPE == kTypeQ4_1 ? 20 : 18;
+  const uint8_t* row = a.packed + n * a.row_bytes;
+  if (a.M <= kTileM) {
+    if (a.M == kTileM) PackedTile<TYPE, kTileM>(a, row, n, 0);
+    else PackedTile<TYPE, 1>(a, row, n, 0);
+    return;
+  }
+  for (int64_t k = 0; k < a.K; k += 32, row += bb) {
+    __m256 w[kAcc];
+    DecodeBlock<TYPE>(row, w);
+#pragma GCC unroll 4
+    for (int s = 0; s < kAcc; ++s) _mm256_storeu_ps(scratch + k + 8 * s, w[s]);
+  }
+  FloatRow(a, scratch, n);
+}
+
+inline void PackedRow(const LinearArgs& a, int64_t n, float* scratch) {
+  switch (a.packed_type) {
+    case kTypeQ8_0: PackedRowOf<kTypeQ8_0>(a, n, scratch); break;
+    case kTypeQ4_0: PackedRowOf<kTypeQ4_0>(a, n, scratch); break;
+    default: PackedRowOf<kTypeQ4_1>(a, n, scratch); break;
+  }
+}
+
+#else
+
+// Baseline build: the row is decoded into scratch, then computed as float weights.
+inline void DecodeRow(uint32_t type, const uint8_t* src, int64_t K, float* y) {
+  const int64_t bb = BlockBytes(type);
+  for (int64_t b = 0; b < K / 32; ++b, y += 32, src += bb) {
+    const float d = HalfToFloat(src);
+    if (type == kTypeQ8_0) {
+      const auto* qs = reinterpret_cast<const int8_t*>(src + 2);
+      for (int j = 0; j < 32; ++j) y[j] = qs[j] * d;
+      continue;
+    }
+    const bool q41 = type == kTypeQ4_1;
+    const float m = q41 ? HalfToFloat(src + 2) : 0.0f;
+    const uint8_t* qs = src + (q41 ? 4 : 2);
+    for (int j = 0; j < 16; ++j) {
+      const int x0 = qs[j] & 0x0F, x1 = qs[j] >> 4;
+      y[j] = q41 ? x0 * d + m : (x0 - 8) * d;
+      y[j + 16] = q41 ? x1 * d + m : (x1 - 8) * d;
+    }
+  }
+}
+
+inline void PackedRow(const LinearArgs& a, int64_t n, float* scratch) {
+  DecodeRow(a.packed_type, a.packed + n * a.row_bytes, a.K, scratch);
+  FloatRow(a, scratch, n);
+}
+
+#endif
+
+// Per-thread scratch for a decoded weight row (internal linkage, not std::vector: see
+// engine/kv/paged_attention_kernel.h).
+struct RowScratch {
+  explicit RowScratch(int64_t n) : p(new float[static_cast<size_t>(n)]) {}
+  ~RowScratch() { delete[] p; }
+  RowScratch(const RowScratch&) = delete;
+  RowScratch& operator=(const RowScratch&) = delete;
+  float* p;
+};
+
+inline void RunStreamingLinear(const LinearArgs& a) {
+  // A task of at least ~64 KiB of float weights, so thread start-up stays small beside the reading.
+  const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(1, a.K));
+  at::parallel_for(0, a.N, grain, [&](int64_t begin, int64_t end) {
+    if (a.packed != nullptr) {
+      RowScratch scratch(a.K);
+      for (int64_t n = begin; n < end; ++n) PackedRow(a, n, scratch.p);
+      return;
+    }
+    for (int64_t n = begin; n < end; ++n) FloatRow(a, a.w + n * a.K, n);
+  });
+}
+
+}  // namespace
+}  // namespace asl::model

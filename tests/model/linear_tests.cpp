@@ -1,0 +1,139 @@
+// The streaming linear kernel of decode steps (engine/model/linear.h) against at::linear.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "engine/model/linear.h"
+#include "engine/model/quant.h"
+
+#include <c10/util/Half.h>
+
+#include <cstring>
+#include <random>
+
+namespace asl::model {
+namespace {
+
+// Shapes with every tile remainder: N mod 4 in {0..3}, M odd and even, K with and without a tail
+// of fewer than 8 (or 16) elements.
+TEST(StreamingLinear, MatchesAtLinear) {
+  at::manual_seed(3);
+  for (int64_t K : {1, 7, 64, 576, 581}) {
+    for (int64_t N : {1, 5, 6, 7, 64, 130}) {
+      for (int64_t M : {1, 2, 3, 8, 33}) {
+        SCOPED_TRACE("M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
+        const at::Tensor x = at::randn({M, K}), w = at::randn({N, K}), b = at::randn({N});
+        const at::Tensor want = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble)).to(at::kFloat);
+        const at::Tensor got = StreamingLinear(x, w, b);
+        ASSERT_EQ(got.sizes(), want.sizes());
+        EXPECT_TRUE(at::allclose(got, want, 1e-4, 1e-4)) << (got - want).abs().max().item<float>();
+        const at::Tensor no_bias = StreamingLinear(x, w);
+        EXPECT_TRUE(at::allclose(no_bias, want - b, 1e-4, 1e-4));
+      }
+    }
+  }
+}
+
+// A row's result is bit-identical whatever rows it is computed with and however many threads run:
+// a decode step does not depend on its batch-mates.
+TEST(StreamingLinear, EachRowIndependentOfTheBatch) {
+  at::manual_seed(4);
+  const at::Tensor x = at::randn({9, 576}), w = at::randn({1537, 576}), b = at::randn({1537});
+  const at::Tensor all = StreamingLinear(x, w, b);
+  const int threads = at::get_num_threads();
+  for (int t : {1, 2, 3}) {
+    at::set_num_threads(t);
+    for (int64_t m = 0; m < x.size(0); ++m) {
+      const at::Tensor alone = StreamingLinear(x.narrow(0, m, 1), w, b);
+      EXPECT_TRUE(at::equal(alone[0], all[m])) << "row " << m << " threads " << t;
+    }
+    EXPECT_TRUE(at::equal(StreamingLinear(x.narrow(0, 2, 5), w, b), all.narrow(0, 2, 5)));
+  }
+  at::set_num_threads(threads);
+}
+
+// Random GGUF blocks of `type` (finite scales), rows x cols, as a PackedWeight.
+PackedWeight RandomPacked(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
+  PackedWeight p;
+  p.type = static_cast<uint32_t>(type);
+  p.cols = cols;
+  const int64_t row_bytes = PackedRowBytes(p.type, cols);
+  const int64_t block_bytes = row_bytes / (cols / 32);
+  p.bytes = at::empty({rows, row_bytes}, at::kByte);
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
+  uint8_t* b = p.bytes.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < p.bytes.numel(); ++i) b[i] = static_cast<uint8_t>(byte(rng));
+  const int halves = type == GgmlType::kQ4_1 ? 2 : 1;  // d (and m) lead each block
+  for (int64_t blk = 0; blk < rows * cols / 32; ++blk) {
+    for (int h = 0; h < halves; ++h) {
+      const uint16_t bits = c10::Half(scale(rng)).x;
+      std::memcpy(b + blk * block_bytes + 2 * h, &bits, 2);
+    }
+  }
+  return p;
+}
+
+at::Tensor Dequantized(const PackedWeight& p) {
+  at::Tensor w = at::empty({p.bytes.size(0), p.cols}, at::kFloat);
+  const Status st = Dequantize(p.type, p.bytes.data_ptr<uint8_t>(), p.bytes.numel(), w.numel(), w.data_ptr<float>());
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  return w;
+}
+
+// Packed weights are decoded to exactly Dequantize's floats and then computed like float weights:
+// the result is bit-identical to the float kernel on the dequantised matrix, for every block type.
+TEST(StreamingLinear, PackedEqualsFloatOnDequantisedWeights) {
+  at::manual_seed(6);
+  uint32_t seed = 1;
+  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1}) {
+    for (int64_t cols : {32, 576, 1536}) {
+      for (int64_t rows : {1, 7, 192}) {
+        const PackedWeight p = RandomPacked(type, rows, cols, seed++);
+        const at::Tensor w = Dequantized(p);
+        for (int64_t M : {1, 2, 5, 16}) {
+          SCOPED_TRACE(std::string(GgmlTypeName(p.type)) + " " + std::to_string(rows) + "x" + std::to_string(cols) +
+                       " M=" + std::to_string(M));
+          const at::Tensor x = at::randn({M, cols}), b = at::randn({rows});
+          const at::Tensor got = StreamingLinear(x, p, b);
+          EXPECT_TRUE(at::equal(got, StreamingLinear(x, w, b)));
+          EXPECT_TRUE(at::allclose(got, at::linear(x, w, b), 1e-4, 1e-4));
+        }
+      }
+    }
+  }
+  EXPECT_THROW(PackedRowBytes(static_cast<uint32_t>(GgmlType::kQ4_K), 256), c10::Error);
+  EXPECT_THROW(PackedRowBytes(static_cast<uint32_t>(GgmlType::kQ8_0), 33), c10::Error);
+  EXPECT_EQ(PackedRowBytes(static_cast<uint32_t>(GgmlType::kQ4_1), 576), 18 * 20);
+}
+
+// Linear() takes the kernel only where it applies and at::linear elsewhere, with the same maths.
+TEST(StreamingLinear, LinearDispatchesByShapeAndType) {
+  at::manual_seed(5);
+  const at::Tensor w = at::randn({40, 24}), b = at::randn({40});
+  for (int64_t M : {int64_t{1}, kStreamingLinearMaxRows, kStreamingLinearMaxRows + 1, int64_t{100}}) {
+    const at::Tensor x = at::randn({M, 24});
+    EXPECT_TRUE(at::allclose(Linear(x, w, b), at::linear(x, w, b), 1e-5, 1e-5)) << M;
+  }
+  const at::Tensor xd = at::randn({2, 24}, at::kDouble);
+  EXPECT_TRUE(at::allclose(Linear(xd, w.to(at::kDouble), b.to(at::kDouble)),
+                           at::linear(xd, w.to(at::kDouble), b.to(at::kDouble))));
+  const at::Tensor x3 = at::randn({2, 3, 24});  // not [M, K]: at::linear's broadcasting
+  EXPECT_EQ(Linear(x3, w, b).sizes(), (std::vector<int64_t>{2, 3, 40}));
+  // Packed: the kernel for up to kStreamingLinearMaxRows float32 rows, at::linear on the floats beyond.
+  const PackedWeight p = RandomPacked(GgmlType::kQ4_1, 40, 64, 9);
+  const at::Tensor wp = Dequantized(p);
+  for (int64_t M : {int64_t{1}, kStreamingLinearMaxRows, kStreamingLinearMaxRows + 1}) {
+    const at::Tensor x = at::randn({M, 64});
+    const at::Tensor want = M <= kStreamingLinearMaxRows ? StreamingLinear(x, wp, b) : at::linear(x, wp, b);
+    EXPECT_TRUE(at::equal(Linear(x, wp, b, p), want)) << M;
+  }
+  EXPECT_THROW(StreamingLinear(at::randn({2, 23}), w), c10::Error);
+  EXPECT_THROW(StreamingLinear(at::randn({2, 63}), p), c10::Error);
+  EXPECT_EQ(StreamingLinear(at::randn({0, 24}), w).sizes(), (std::vector<int64_t>{0, 40}));
+}
+
+}  // namespace
+}  // namespace asl::model
