@@ -74,8 +74,9 @@ at::Tensor StreamingLinear(const at::Tensor& x, const PackedWeight& w, const at:
   return out;
 }
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const PackedWeight& packed) {
-  const bool streamable = packed.defined() && x.dim() == 2 && x.size(0) <= kStreamingLinearMaxRows && x.is_cpu() &&
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const PackedWeight& packed,
+                  Rows rows) {
+  const bool streamable = rows == Rows::kPerSequence && packed.defined() && x.dim() == 2 && x.is_cpu() &&
                           x.scalar_type() == at::kFloat && (!b.defined() || b.scalar_type() == at::kFloat);
   if (streamable) return StreamingLinear(x, packed, b);
   return at::linear(x, w, b);

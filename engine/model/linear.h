@@ -1,13 +1,15 @@
-// y = x W^T + b, the projections of the decoder. Few-row inputs on the CPU (decode steps: one row
-// per sequence in the batch) take a streaming kernel; everything else is at::linear.
+// y = x W^T + b, the projections of the decoder. Rows that stand one per sequence (decode steps, the
+// logits of each sequence's last prompt token) take a streaming kernel on the CPU when the weights
+// are block-quantized GGUF; a prompt's token rows (prefill, a compute-bound GEMM) take at::linear.
 //
-// Why: a decode step is bound by reading the weights once. at::linear sends one row to MKL's sgemv
-// and a few rows to sgemm, which repacks the whole weight matrix on every call; both reached less
-// than half of this machine's memory bandwidth (bench/results/latency.md). The kernel here reads
-// each weight row once per call and computes every input row against it while it is in cache.
+// Why: a decode step is bound by reading the weights once. at::linear only takes float weights, so
+// MKL's sgemv/sgemm read the dequantised float32 copies (6.4x the bytes of Q4_1 blocks). The kernel
+// here reads each weight row's blocks once per call, decodes them in registers and computes every
+// input row against it while it is in cache (bench/results/latency.md measures the difference).
 //
 // Every output element is the same float computation whatever the batch size or thread count (one
-// fixed order over k), so a sequence's decode does not depend on its batch-mates at all.
+// fixed order over k), so a sequence's decode does not depend on its batch-mates at all, however
+// many there are: the kind of rows, not their count, picks the kernel.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,13 +20,16 @@
 
 namespace asl::model {
 
-// Inputs with at most this many rows take the streaming kernel (CPU, float32, contiguous).
-inline constexpr int64_t kStreamingLinearMaxRows = 32;
+// What the rows of a projection's input are.
+enum class Rows {
+  kTokens,       // a prompt's tokens in prefill: at::linear
+  kPerSequence,  // one row per sequence (decode, last-token logits): the streaming kernel if packed
+};
 
 // x [M, K], w [N, K] (nn.Linear layout), b [N] or undefined -> [M, N] in x's dtype. `packed`, when
-// defined, is w's GGUF blocks: the streaming kernel then reads those instead of w.
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {},
-                  const PackedWeight& packed = {});
+// defined, is w's GGUF blocks: per-sequence rows of a CPU float32 run are then computed from those.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const PackedWeight& packed,
+                  Rows rows);
 
 // The streaming kernel alone (tests and benchmarks compare it with at::linear). x [M, K] and w
 // [N, K] float32 contiguous on the CPU, b [N] float32 or undefined; any M.

@@ -72,13 +72,13 @@ static at::Tensor ApplyRope(const at::Tensor& x /*[T, h, d]*/, const Rope& rope)
   return x * cos + RotateHalf(x) * sin;
 }
 
-Qkv LlamaModel::AttentionInputs(int layer, const at::Tensor& x, const Rope& rope) const {
+Qkv LlamaModel::AttentionInputs(int layer, const at::Tensor& x, const Rope& rope, Rows rows) const {
   const LayerWeights& w = weights_.layers[layer];
   const int64_t T = x.size(0);
   at::Tensor h = RmsNorm(x, w.attn_norm);
-  at::Tensor q = Linear(h, w.wq, w.bq, w.packed_wq);
-  at::Tensor k = Linear(h, w.wk, w.bk, w.packed_wk);
-  at::Tensor v = Linear(h, w.wv, w.bv, w.packed_wv);
+  at::Tensor q = Linear(h, w.wq, w.bq, w.packed_wq, rows);
+  at::Tensor k = Linear(h, w.wk, w.bk, w.packed_wk, rows);
+  at::Tensor v = Linear(h, w.wv, w.bv, w.packed_wv, rows);
   q = q.view({T, config_.num_heads, config_.head_dim});
   k = k.view({T, config_.num_kv_heads, config_.head_dim});
   v = v.view({T, config_.num_kv_heads, config_.head_dim});
@@ -97,21 +97,21 @@ at::Tensor LlamaModel::CausalAttention(const Qkv& qkv) const {
   return out.squeeze(0).transpose(0, 1).reshape({T, config_.num_heads * config_.head_dim});
 }
 
-at::Tensor LlamaModel::AttentionOutput(int layer, const at::Tensor& attn) const {
+at::Tensor LlamaModel::AttentionOutput(int layer, const at::Tensor& attn, Rows rows) const {
   const LayerWeights& w = weights_.layers[layer];
-  return Linear(attn, w.wo, {}, w.packed_wo);
+  return Linear(attn, w.wo, {}, w.packed_wo, rows);
 }
 
-at::Tensor LlamaModel::Mlp(int layer, const at::Tensor& x) const {
+at::Tensor LlamaModel::Mlp(int layer, const at::Tensor& x, Rows rows) const {
   const LayerWeights& w = weights_.layers[layer];
   at::Tensor h = RmsNorm(x, w.ffn_norm);
-  at::Tensor gate = at::silu(Linear(h, w.w_gate, {}, w.packed_gate));
-  return Linear(gate * Linear(h, w.w_up, {}, w.packed_up), w.w_down, {}, w.packed_down);
+  at::Tensor gate = at::silu(Linear(h, w.w_gate, {}, w.packed_gate, rows));
+  return Linear(gate * Linear(h, w.w_up, {}, w.packed_up, rows), w.w_down, {}, w.packed_down, rows);
 }
 
 at::Tensor LlamaModel::Logits(const at::Tensor& x) const {
   at::Tensor h = RmsNorm(x, weights_.norm);
-  return Linear(h, weights_.lm_head, {}, weights_.packed_lm_head).to(at::kFloat);
+  return Linear(h, weights_.lm_head, {}, weights_.packed_lm_head, Rows::kPerSequence).to(at::kFloat);
 }
 
 }  // namespace asl::model

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "engine/model/model_config.h"
+#include "engine/model/linear.h"
 #include "engine/model/weights.h"
 
 namespace asl::model {
@@ -38,13 +39,15 @@ class LlamaModel {
   at::Tensor Embed(const at::Tensor& ids) const;
   // positions: [T] int64 (original positions, asl-method.md §4) -> tables on the model device.
   Rope RopeFor(const at::Tensor& positions) const;
+  // `rows` says whether x holds prompt tokens (prefill) or one row per sequence (decode); it picks
+  // the projection kernel (linear.h) and never changes what is computed beyond float rounding.
   // Pre-attention RMSNorm, projections, bias, RoPE. x: [T, hidden].
-  Qkv AttentionInputs(int layer, const at::Tensor& x, const Rope& rope) const;
+  Qkv AttentionInputs(int layer, const at::Tensor& x, const Rope& rope, Rows rows) const;
   // Output projection of the attention result attn [T, H*d] -> [T, hidden] (no residual).
-  at::Tensor AttentionOutput(int layer, const at::Tensor& attn) const;
+  at::Tensor AttentionOutput(int layer, const at::Tensor& attn, Rows rows) const;
   // Post-attention RMSNorm + SwiGLU MLP: x [T, hidden] -> [T, hidden] (no residual).
-  at::Tensor Mlp(int layer, const at::Tensor& x) const;
-  // Final RMSNorm and LM head: x [B, hidden] -> logits [B, vocab] in float32.
+  at::Tensor Mlp(int layer, const at::Tensor& x, Rows rows) const;
+  // Final RMSNorm and LM head: x [B, hidden], one row per sequence -> logits [B, vocab] in float32.
   at::Tensor Logits(const at::Tensor& x) const;
 
   // Causal self-attention of one sequence's tokens among themselves (prefill): q [T, H, d],

@@ -74,7 +74,7 @@ Status ModelRunner::RunPass(std::vector<Active> batch, std::vector<PrefillSeq>& 
   for (int layer = 0; layer < num_layers && !batch.empty(); ++layer) {
     token_layers += x.size(0);
     model::Rope rope = m.RopeFor(positions);
-    model::Qkv qkv = m.AttentionInputs(layer, x, rope);
+    model::Qkv qkv = m.AttentionInputs(layer, x, rope, model::Rows::kTokens);
     std::vector<at::Tensor> attn_parts;
     std::vector<std::vector<prune::LayerPlan>> plans(batch.size());  // per segment, per member
     bool changed = false;
@@ -119,8 +119,8 @@ Status ModelRunner::RunPass(std::vector<Active> batch, std::vector<PrefillSeq>& 
         plans[i].push_back(std::move(plan));
       }
     }
-    x = x + m.AttentionOutput(layer, batch.size() == 1 ? attn_parts[0] : at::cat(attn_parts));
-    x = x + m.Mlp(layer, x);
+    x = x + m.AttentionOutput(layer, batch.size() == 1 ? attn_parts[0] : at::cat(attn_parts), model::Rows::kTokens);
+    x = x + m.Mlp(layer, x, model::Rows::kTokens);
     if (!changed) continue;
 
     // Shrink the packed batch: a sequence cut here keeps its selected rows (with their original
@@ -228,11 +228,11 @@ StatusOr<at::Tensor> ModelRunner::Decode(const std::vector<DecodeSeq>& seqs) {
     at::Tensor x = m.Embed(at::tensor(tokens, at::kLong));
     model::Rope rope = m.RopeFor(at::tensor(positions, at::kLong));
     for (int layer = 0; layer < c.num_layers; ++layer) {
-      model::Qkv qkv = m.AttentionInputs(layer, x, rope);
+      model::Qkv qkv = m.AttentionInputs(layer, x, rope, model::Rows::kPerSequence);
       ASL_RETURN_IF_ERROR(kv_->AppendDecode(layer, ids, qkv.k, qkv.v));
       at::Tensor attn = kv_->Attend(layer, ids, qkv.q, m.attention_scale());  // [B, H, d]
-      x = x + m.AttentionOutput(layer, attn.reshape({B, c.num_heads * c.head_dim}));
-      x = x + m.Mlp(layer, x);
+      x = x + m.AttentionOutput(layer, attn.reshape({B, c.num_heads * c.head_dim}), model::Rows::kPerSequence);
+      x = x + m.Mlp(layer, x, model::Rows::kPerSequence);
     }
     return m.Logits(x).cpu();
   } catch (const c10::Error& e) {

@@ -181,5 +181,48 @@ TEST_F(RunnerTest, IdenticalPromptsShareRowsAndEachGetsItsOwnResult) {
   EXPECT_TRUE(at::equal(pair[0].logits, pair[1].logits));
 }
 
+TEST_F(RunnerTest, DecodeOfEachSequenceIsIndependentOfItsBatchBitForBit) {
+  // 40 sequences (more than any kernel's tile or thread split) with the same cache contents: one
+  // decode step of all of them together against each one's step alone, and a second step of a
+  // subset. The projections of per-sequence rows compute every row the same way whatever the batch.
+  const auto& c = model_->config();
+  const int L = static_cast<int>(c.num_layers);
+  constexpr int kSeqs = 40;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < kSeqs; ++i) prompts.push_back(Prompt(5 + 3 * i, 50 + i));
+  auto prefilled = [&](kv::DenseKvCache& cache, std::vector<std::unique_ptr<prune::PruningPolicy>>& policies) {
+    runner::ModelRunner runner(model_, &cache);
+    std::vector<runner::PrefillSeq> seqs;
+    for (int i = 0; i < kSeqs; ++i) {
+      PruningParams p = Params(PolicyKind::kFull, 2048, 0);
+      ASSERT_TRUE(ResolvePruningParams(&p, L).ok());
+      policies.push_back(std::make_unique<prune::PruningPolicy>(p, L, c.num_kv_heads, static_cast<int64_t>(prompts[i].size())));
+      ASSERT_TRUE(cache.AddSequence(static_cast<kv::SeqId>(i)).ok());
+      seqs.push_back({static_cast<kv::SeqId>(i), prompts[i], policies.back().get()});
+    }
+    ASSERT_TRUE(runner.Prefill(seqs).ok());
+  };
+  kv::DenseKvCache together_cache(L), alone_cache(L);
+  std::vector<std::unique_ptr<prune::PruningPolicy>> p1, p2;
+  prefilled(together_cache, p1);
+  prefilled(alone_cache, p2);
+  runner::ModelRunner together(model_, &together_cache), alone(model_, &alone_cache);
+  auto step = [&](int i, int n) {
+    return runner::DecodeSeq{static_cast<kv::SeqId>(i), static_cast<int32_t>(1000 + 7 * i + n),
+                             static_cast<int64_t>(prompts[i].size()) + n};
+  };
+  for (int n = 0; n < 2; ++n) {
+    std::vector<runner::DecodeSeq> batch;
+    for (int i = n; i < kSeqs; i += n + 1) batch.push_back(step(i, n));  // all, then every other
+    auto all = together.Decode(batch);
+    ASSERT_TRUE(all.ok()) << all.status().ToString();
+    for (size_t b = 0; b < batch.size(); ++b) {
+      auto one = alone.Decode({batch[b]});
+      ASSERT_TRUE(one.ok()) << one.status().ToString();
+      EXPECT_TRUE(at::equal((*all)[static_cast<int64_t>(b)], (*one)[0])) << "step " << n << " sequence " << batch[b].seq;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace asl

@@ -109,27 +109,32 @@ TEST(StreamingLinear, PackedEqualsFloatOnDequantisedWeights) {
   EXPECT_EQ(PackedRowBytes(static_cast<uint32_t>(GgmlType::kQ4_1), 576), 18 * 20);
 }
 
-// Linear() takes the kernel only where it applies and at::linear elsewhere, with the same maths.
-TEST(StreamingLinear, LinearDispatchesByShapeAndType) {
+// Linear() takes the kernel for per-sequence rows over packed weights, at::linear for everything
+// else, with the same maths; the number of rows never changes the kernel.
+TEST(StreamingLinear, LinearDispatchesByKindOfRows) {
   at::manual_seed(5);
   const at::Tensor w = at::randn({40, 24}), b = at::randn({40});
-  for (int64_t M : {int64_t{1}, kStreamingLinearMaxRows, kStreamingLinearMaxRows + 1, int64_t{100}}) {
-    const at::Tensor x = at::randn({M, 24});
-    EXPECT_TRUE(at::allclose(Linear(x, w, b), at::linear(x, w, b), 1e-5, 1e-5)) << M;
+  for (Rows rows : {Rows::kTokens, Rows::kPerSequence}) {
+    for (int64_t M : {1, 32, 33, 100}) {
+      const at::Tensor x = at::randn({M, 24});  // no packed copy: at::linear
+      EXPECT_TRUE(at::equal(Linear(x, w, b, {}, rows), at::linear(x, w, b))) << M;
+    }
   }
   const at::Tensor xd = at::randn({2, 24}, at::kDouble);
-  EXPECT_TRUE(at::allclose(Linear(xd, w.to(at::kDouble), b.to(at::kDouble)),
+  EXPECT_TRUE(at::allclose(Linear(xd, w.to(at::kDouble), b.to(at::kDouble), {}, Rows::kPerSequence),
                            at::linear(xd, w.to(at::kDouble), b.to(at::kDouble))));
   const at::Tensor x3 = at::randn({2, 3, 24});  // not [M, K]: at::linear's broadcasting
-  EXPECT_EQ(Linear(x3, w, b).sizes(), (std::vector<int64_t>{2, 3, 40}));
-  // Packed: the kernel for up to kStreamingLinearMaxRows float32 rows, at::linear on the floats beyond.
+  EXPECT_EQ(Linear(x3, w, b, {}, Rows::kTokens).sizes(), (std::vector<int64_t>{2, 3, 40}));
   const PackedWeight p = RandomPacked(GgmlType::kQ4_1, 40, 64, 9);
   const at::Tensor wp = Dequantized(p);
-  for (int64_t M : {int64_t{1}, kStreamingLinearMaxRows, kStreamingLinearMaxRows + 1}) {
+  for (int64_t M : {1, 2, 3, 32, 33, 100}) {
     const at::Tensor x = at::randn({M, 64});
-    const at::Tensor want = M <= kStreamingLinearMaxRows ? StreamingLinear(x, wp, b) : at::linear(x, wp, b);
-    EXPECT_TRUE(at::equal(Linear(x, wp, b, p), want)) << M;
+    EXPECT_TRUE(at::equal(Linear(x, wp, b, p, Rows::kPerSequence), StreamingLinear(x, wp, b))) << M;
+    EXPECT_TRUE(at::equal(Linear(x, wp, b, p, Rows::kTokens), at::linear(x, wp, b))) << M;
   }
+  // A double-precision run keeps at::linear even for per-sequence rows over packed weights.
+  const at::Tensor xd64 = at::randn({2, 64}, at::kDouble), wd64 = wp.to(at::kDouble);
+  EXPECT_TRUE(at::equal(Linear(xd64, wd64, {}, p, Rows::kPerSequence), at::linear(xd64, wd64)));
   EXPECT_THROW(StreamingLinear(at::randn({2, 23}), w), c10::Error);
   EXPECT_THROW(StreamingLinear(at::randn({2, 63}), p), c10::Error);
   EXPECT_EQ(StreamingLinear(at::randn({0, 24}), w).sizes(), (std::vector<int64_t>{0, 40}));
