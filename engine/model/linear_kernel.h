@@ -38,7 +38,9 @@ namespace {
 using LVec = at::vec::Vectorized<float>;
 constexpr int64_t kLW = LVec::size();
 constexpr int64_t kAcc = 4;    // accumulators per output element: k-step index mod 4
-constexpr int64_t kTileM = 2;  // input rows per tile: kTileM * kAcc accumulators + loads fit 16 ymm
+constexpr int64_t kTileM = 2;  // input rows of a fused packed tile: kTileM * kAcc accumulators + loads fit 16 ymm
+constexpr int64_t kMR = 4;     // input rows per float tile
+constexpr int64_t kNR = 2;     // weight rows per float tile: kMR * kNR accumulators of a pass + loads fit 16 ymm
 constexpr uint32_t kTypeQ4_0 = 2, kTypeQ4_1 = 3, kTypeQ8_0 = 8;  // GgmlType ids (quant.h)
 
 // The fixed arithmetic of one output element, whatever kernel path, tile shape or thread computes
@@ -56,46 +58,69 @@ inline float Finish(const LVec acc[kAcc], const float* w, const float* x, int64_
   return s;
 }
 
-// Row n of float weights `w` (K floats) against input rows m0 .. m0 + MM - 1. Four k-steps per
-// iteration, so each accumulator has a fixed register (short loops fully unrolled).
-template <int MM>
-inline void FloatTile(const LinearArgs& a, const float* w, int64_t n, int64_t m0) {
-  const int64_t K = a.K, K8 = K - K % kLW, K32 = K - K % (kAcc * kLW);
-  const float* x[MM];
-  for (int j = 0; j < MM; ++j) x[j] = a.x + (m0 + j) * K;
-  LVec acc[MM][kAcc];
-#pragma GCC unroll 2
-  for (int j = 0; j < MM; ++j) {
+// Weight rows n0 .. n0 + NR - 1 (float, K apart from w) against input rows m0 .. m0 + MR - 1, in four
+// passes over k, one per accumulator: pass r adds k-steps r, r + 4, r + 8, ... into accumulator r
+// of every output of the tile. The MR * NR accumulators of a pass stay in registers, each weight
+// vector loaded serves MR rows and each input vector NR rows; the result is the fixed arithmetic.
+template <int MR, int NR>
+inline void FloatTile(const LinearArgs& a, const float* w, int64_t n0, int64_t m0) {
+  const int64_t K = a.K, K8 = K - K % kLW;
+  const float* x[MR];
+  for (int i = 0; i < MR; ++i) x[i] = a.x + (m0 + i) * K;
+  LVec acc[MR][NR][kAcc];
+  for (int r = 0; r < kAcc; ++r) {
+    LVec c[MR][NR];
 #pragma GCC unroll 4
-    for (int r = 0; r < kAcc; ++r) acc[j][r] = LVec(0.0f);
-  }
-  for (int64_t k = 0; k < K32; k += kAcc * kLW) {
-#pragma GCC unroll 4
-    for (int r = 0; r < kAcc; ++r) {
-      const LVec wv = LVec::loadu(w + k + r * kLW);
+    for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 2
-      for (int j = 0; j < MM; ++j) acc[j][r] = at::vec::fmadd(wv, LVec::loadu(x[j] + k + r * kLW), acc[j][r]);
+      for (int j = 0; j < NR; ++j) c[i][j] = LVec(0.0f);
+    }
+    for (int64_t k = r * kLW; k < K8; k += kAcc * kLW) {
+      LVec wv[NR];
+#pragma GCC unroll 2
+      for (int j = 0; j < NR; ++j) wv[j] = LVec::loadu(w + j * K + k);
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+        const LVec xv = LVec::loadu(x[i] + k);
+#pragma GCC unroll 2
+        for (int j = 0; j < NR; ++j) c[i][j] = at::vec::fmadd(wv[j], xv, c[i][j]);
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      for (int j = 0; j < NR; ++j) acc[i][j][r] = c[i][j];
     }
   }
-  // Up to three steps left: steps 4q, 4q + 1, 4q + 2 go to accumulators 0, 1, 2.
-#pragma GCC unroll 3
-  for (int r = 0; r < kAcc - 1; ++r) {
-    const int64_t k = K32 + r * kLW;
-    if (k >= K8) break;
-    const LVec wv = LVec::loadu(w + k);
-#pragma GCC unroll 2
-    for (int j = 0; j < MM; ++j) acc[j][r] = at::vec::fmadd(wv, LVec::loadu(x[j] + k), acc[j][r]);
-  }
-  for (int j = 0; j < MM; ++j) {
-    a.out[(m0 + j) * a.N + n] = Finish(acc[j], w, x[j], K8, K, a.bias ? a.bias + n : nullptr);
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) {
+      a.out[(m0 + i) * a.N + n0 + j] = Finish(acc[i][j], w + j * K, x[i], K8, K, a.bias ? a.bias + n0 + j : nullptr);
+    }
   }
 }
 
-inline void FloatRow(const LinearArgs& a, const float* w, int64_t n) {
-  int64_t m0 = 0;
-  for (; m0 + kTileM <= a.M; m0 += kTileM) FloatTile<kTileM>(a, w, n, m0);
-  for (; m0 < a.M; ++m0) FloatTile<1>(a, w, n, m0);
+template <int MR>
+inline void FloatTilesOfRows(const LinearArgs& a, const float* w, int64_t n0, int64_t count, int64_t m0) {
+  int64_t g = 0;
+  for (; g + kNR <= count; g += kNR) FloatTile<MR, kNR>(a, w + g * a.K, n0 + g, m0);
+  for (; g < count; ++g) FloatTile<MR, 1>(a, w + g * a.K, n0 + g, m0);
 }
+
+// Weight rows n0 .. n0 + count - 1 (float, rows of K at w) against every input row. Each tile of
+// input rows is computed against the whole group while it is in L1, and the group (at most
+// GroupRows(K) rows, sized for L2) is what is read from L2: with many input rows they do not fit L1
+// and would otherwise be streamed from L2 or L3 once per weight row.
+inline void FloatRows(const LinearArgs& a, const float* w, int64_t n0, int64_t count) {
+  int64_t m0 = 0;
+  for (; m0 + kMR <= a.M; m0 += kMR) FloatTilesOfRows<kMR>(a, w, n0, count, m0);
+  switch (a.M - m0) {
+    case 3: FloatTilesOfRows<3>(a, w, n0, count, m0); break;
+    case 2: FloatTilesOfRows<2>(a, w, n0, count, m0); break;
+    case 1: FloatTilesOfRows<1>(a, w, n0, count, m0); break;
+    default: break;
+  }
+}
+
+// Weight rows per group: 128 KiB of float weights (half of a small L2).
+inline int64_t GroupRows(int64_t K) { return std::max<int64_t>(1, (128 << 10) / (4 * std::max<int64_t>(1, K))); }
 
 inline float HalfToFloat(const uint8_t* p) {
   uint16_t h;
@@ -174,31 +199,38 @@ inline void PackedTile(const LinearArgs& a, const uint8_t* row, int64_t n, int64
   }
 }
 
-// One or two input rows: decoded and multiplied in registers. More: the row is decoded once into
-// scratch and computed as float weights from L1 (the same values and the same arithmetic).
+// One or two input rows: each weight row is decoded and multiplied in registers. More: a group of
+// rows is decoded once into scratch and computed as float weights (the same values and the same
+// arithmetic).
 template <uint32_t TYPE>
-inline void PackedRowOf(const LinearArgs& a, int64_t n, float* scratch) {
+inline void PackedRowsOf(const LinearArgs& a, int64_t n0, int64_t count, float* scratch) {
   constexpr int64_t bb = TYPE == kTypeQ8_0 ? 34 : TYPE == kTypeQ4_1 ? 20 : 18;
-  const uint8_t* row = a.packed + n * a.row_bytes;
   if (a.M <= kTileM) {
-    if (a.M == kTileM) PackedTile<TYPE, kTileM>(a, row, n, 0);
-    else PackedTile<TYPE, 1>(a, row, n, 0);
+    for (int64_t n = n0; n < n0 + count; ++n) {
+      const uint8_t* row = a.packed + n * a.row_bytes;
+      if (a.M == kTileM) PackedTile<TYPE, kTileM>(a, row, n, 0);
+      else PackedTile<TYPE, 1>(a, row, n, 0);
+    }
     return;
   }
-  for (int64_t k = 0; k < a.K; k += 32, row += bb) {
-    __m256 w[kAcc];
-    DecodeBlock<TYPE>(row, w);
+  for (int64_t g = 0; g < count; ++g) {
+    const uint8_t* row = a.packed + (n0 + g) * a.row_bytes;
+    float* y = scratch + g * a.K;
+    for (int64_t k = 0; k < a.K; k += 32, row += bb) {
+      __m256 w[kAcc];
+      DecodeBlock<TYPE>(row, w);
 #pragma GCC unroll 4
-    for (int s = 0; s < kAcc; ++s) _mm256_storeu_ps(scratch + k + 8 * s, w[s]);
+      for (int s = 0; s < kAcc; ++s) _mm256_storeu_ps(y + k + 8 * s, w[s]);
+    }
   }
-  FloatRow(a, scratch, n);
+  FloatRows(a, scratch, n0, count);
 }
 
-inline void PackedRow(const LinearArgs& a, int64_t n, float* scratch) {
+inline void PackedRows(const LinearArgs& a, int64_t n0, int64_t count, float* scratch) {
   switch (a.packed_type) {
-    case kTypeQ8_0: PackedRowOf<kTypeQ8_0>(a, n, scratch); break;
-    case kTypeQ4_0: PackedRowOf<kTypeQ4_0>(a, n, scratch); break;
-    default: PackedRowOf<kTypeQ4_1>(a, n, scratch); break;
+    case kTypeQ8_0: PackedRowsOf<kTypeQ8_0>(a, n0, count, scratch); break;
+    case kTypeQ4_0: PackedRowsOf<kTypeQ4_0>(a, n0, count, scratch); break;
+    default: PackedRowsOf<kTypeQ4_1>(a, n0, count, scratch); break;
   }
 }
 
@@ -225,9 +257,9 @@ inline void DecodeRow(uint32_t type, const uint8_t* src, int64_t K, float* y) {
   }
 }
 
-inline void PackedRow(const LinearArgs& a, int64_t n, float* scratch) {
-  DecodeRow(a.packed_type, a.packed + n * a.row_bytes, a.K, scratch);
-  FloatRow(a, scratch, n);
+inline void PackedRows(const LinearArgs& a, int64_t n0, int64_t count, float* scratch) {
+  for (int64_t g = 0; g < count; ++g) DecodeRow(a.packed_type, a.packed + (n0 + g) * a.row_bytes, a.K, scratch + g * a.K);
+  FloatRows(a, scratch, n0, count);
 }
 
 #endif
@@ -245,13 +277,15 @@ struct RowScratch {
 inline void RunStreamingLinear(const LinearArgs& a) {
   // A task of at least ~64 KiB of float weights, so thread start-up stays small beside the reading.
   const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(1, a.K));
+  const int64_t group = GroupRows(a.K);
   at::parallel_for(0, a.N, grain, [&](int64_t begin, int64_t end) {
     if (a.packed != nullptr) {
-      RowScratch scratch(a.K);
-      for (int64_t n = begin; n < end; ++n) PackedRow(a, n, scratch.p);
+      // Scratch for a decoded group only where more than kTileM rows use it.
+      RowScratch scratch(a.M > kTileM ? std::min(group, end - begin) * a.K : 0);
+      for (int64_t n = begin; n < end; n += group) PackedRows(a, n, std::min(group, end - n), scratch.p);
       return;
     }
-    for (int64_t n = begin; n < end; ++n) FloatRow(a, a.w + n * a.K, n);
+    for (int64_t n = begin; n < end; n += group) FloatRows(a, a.w + n * a.K, n, std::min(group, end - n));
   });
 }
 

@@ -15,8 +15,8 @@
 namespace asl::model {
 namespace {
 
-// Shapes with every tile remainder: N mod 4 in {0..3}, M odd and even, K with and without a tail
-// of fewer than 8 (or 16) elements.
+// Shapes with every tile remainder (M mod 4, N mod 2, groups of weight rows cut short), and K with
+// and without a tail of fewer than 8 elements or fewer than four k-steps.
 TEST(StreamingLinear, MatchesAtLinear) {
   at::manual_seed(3);
   for (int64_t K : {1, 7, 64, 576, 581}) {
