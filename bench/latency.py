@@ -140,7 +140,7 @@ def main():
     lines = [
         "# Latency vs context (CPU, default model)", "",
         f"- date: {datetime.date.today()}", f"- commit: {commit()}", f"- machine: {machine()}",
-        f"- model: {pathlib.Path(a.model).name}, float32 weights (dequantised Q4_1)",
+        f"- model: {pathlib.Path(a.model).name}, prefill on float32 weights (dequantised Q4_1), decode projections on the Q4_1 blocks",
         f"- budget: kv_budget = select_k = {a.budget} for pruning policies; full keeps everything",
         f"- {a.reps} repetitions per cell: median (min-max)", f"- command: `{cmd}`", "",
         "| prompt | policy | prefill s | prefill tok/s | TTFT s | TPOT ms | decode tok/s | TTFT / full | TPOT / full | KV tokens kept (sum over layers) | KV MiB | selection |",
