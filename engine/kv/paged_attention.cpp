@@ -107,7 +107,10 @@ at::Tensor PagedDecodeAttentionGather(const at::Tensor& q, const at::Tensor& k_c
   scores.masked_fill_(pad, -std::numeric_limits<float>::infinity());
   // A length-0 row is all padding: softmax gives NaN there, and the fill turns it into zeros.
   const at::Tensor p = at::softmax(scores, -1).masked_fill(pad, 0.0);
-  return at::matmul(p, v).reshape({s.B, s.H, s.d}).to(q.scalar_type());
+  // Padded slots hold whatever the pool's memory held (never-written tails of blocks, clamped ids),
+  // which may be NaN or Inf: a zero weight does not cancel those in the matmul, so zero them.
+  const at::Tensor v_live = v.masked_fill(pad.view({s.B, 1, T, 1}), 0.0);
+  return at::matmul(p, v_live).reshape({s.B, s.H, s.d}).to(q.scalar_type());
 }
 
 }  // namespace asl::kv
