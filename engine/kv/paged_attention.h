@@ -1,8 +1,8 @@
 // Paged decode attention: one query token per sequence attends over that sequence's KV blocks
 // for one layer, read in place from the pool (no contiguous copy of K/V on CPU).
 //
-// Thread: called on the engine thread; the CPU kernel fans out over libtorch's intra-op pool
-// (at::parallel_for over (sequence, query head)) and returns when all are done. Pure function:
+// Thread: called on the engine thread; the CPU kernel fans out over at::get_num_threads() threads
+// (asl::ParallelFor over (sequence, query head)) and returns when all are done. Pure function:
 // it reads its inputs and allocates only the result.
 #pragma once
 

@@ -9,6 +9,8 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include "engine/common/parallel.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -120,7 +122,7 @@ void CpuKernel(const PagedCpuArgs& s, const T* k, const T* v) {
   float* out = s.out;
   const int64_t G = s.H / s.Hkv;
   const int64_t bs = s.block_size, d = s.d;
-  at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
+  asl::ParallelFor(at::get_num_threads(), 0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
     Scratch scores(bs), acc(d);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / s.H, h = bh % s.H, kvh = h / G;

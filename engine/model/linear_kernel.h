@@ -9,6 +9,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/Half.h>
 
+#include "engine/common/parallel.h"
+
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
@@ -278,7 +280,7 @@ inline void RunStreamingLinear(const LinearArgs& a) {
   // A task of at least ~64 KiB of float weights, so thread start-up stays small beside the reading.
   const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(1, a.K));
   const int64_t group = GroupRows(a.K);
-  at::parallel_for(0, a.N, grain, [&](int64_t begin, int64_t end) {
+  asl::ParallelFor(at::get_num_threads(), 0, a.N, grain, [&](int64_t begin, int64_t end) {
     if (a.packed != nullptr) {
       // Scratch for a decoded group only where more than kTileM rows use it.
       RowScratch scratch(a.M > kTileM ? std::min(group, end - begin) * a.K : 0);
