@@ -99,7 +99,7 @@ at::Tensor PagedDecodeAttentionGather(const at::Tensor& q, const at::Tensor& k_c
         .to(at::kFloat);
   };
   const at::Tensor k = gather(k_cache);
-  const at::Tensor v = gather(v_cache);
+  at::Tensor v = gather(v_cache);
   const at::Tensor qf = q.to(device, at::kFloat).reshape({s.B, s.Hkv, G, s.d});
   at::Tensor scores = at::matmul(qf, k.transpose(-1, -2)) * scale;  // [B, Hkv, G, T]
   const at::Tensor pos = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device));
@@ -108,9 +108,10 @@ at::Tensor PagedDecodeAttentionGather(const at::Tensor& q, const at::Tensor& k_c
   // A length-0 row is all padding: softmax gives NaN there, and the fill turns it into zeros.
   const at::Tensor p = at::softmax(scores, -1).masked_fill(pad, 0.0);
   // Padded slots hold whatever the pool's memory held (never-written tails of blocks, clamped ids),
-  // which may be NaN or Inf: a zero weight does not cancel those in the matmul, so zero them.
-  const at::Tensor v_live = v.masked_fill(pad.view({s.B, 1, T, 1}), 0.0);
-  return at::matmul(p, v_live).reshape({s.B, s.H, s.d}).to(q.scalar_type());
+  // which may be NaN or Inf: a zero weight does not cancel those in the matmul, so zero them (in
+  // place: index_select made v a copy of its own).
+  v.masked_fill_(pad.view({s.B, 1, T, 1}), 0.0);
+  return at::matmul(p, v).reshape({s.B, s.H, s.d}).to(q.scalar_type());
 }
 
 }  // namespace asl::kv
