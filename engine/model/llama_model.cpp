@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <optional>
 
 #include "engine/model/linear.h"
 
@@ -85,16 +86,24 @@ Qkv LlamaModel::AttentionInputs(int layer, const at::Tensor& x, const Rope& rope
   return Qkv{ApplyRope(q, rope), ApplyRope(k, rope), v};
 }
 
-at::Tensor LlamaModel::CausalAttention(const Qkv& qkv) const {
-  const int64_t T = qkv.q.size(0);
+at::Tensor LlamaModel::CausalAttention(const Qkv& qkv) const { return CausalAttention(qkv.q, qkv.k, qkv.v); }
+
+at::Tensor LlamaModel::CausalAttention(const at::Tensor& q_rows, const at::Tensor& k_rows, const at::Tensor& v_rows) const {
+  const int64_t Tq = q_rows.size(0), Tk = k_rows.size(0);
+  TORCH_CHECK(Tq <= Tk, "CausalAttention: ", Tq, " queries after ", Tk, " keys");
   // SDPA wants [B, heads, T, d]; enable_gqa lets Hkv < H without materialising repeated K/V.
-  at::Tensor q = qkv.q.transpose(0, 1).unsqueeze(0);
-  at::Tensor k = qkv.k.transpose(0, 1).unsqueeze(0);
-  at::Tensor v = qkv.v.transpose(0, 1).unsqueeze(0);
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                                    /*is_causal=*/true, /*scale=*/attention_scale(),
-                                                    /*enable_gqa=*/true);
-  return out.squeeze(0).transpose(0, 1).reshape({T, config_.num_heads * config_.head_dim});
+  at::Tensor q = q_rows.transpose(0, 1).unsqueeze(0);
+  at::Tensor k = k_rows.transpose(0, 1).unsqueeze(0);
+  at::Tensor v = v_rows.transpose(0, 1).unsqueeze(0);
+  std::optional<at::Tensor> mask;  // is_causal aligns the mask top-left, right only when Tq == Tk
+  if (Tq < Tk) {
+    at::Tensor qi = at::arange(Tk - Tq, Tk, at::TensorOptions().dtype(at::kLong).device(q.device())).unsqueeze(1);
+    at::Tensor kj = at::arange(0, Tk, at::TensorOptions().dtype(at::kLong).device(q.device())).unsqueeze(0);
+    mask = kj <= qi;  // [Tq, Tk], true = attend
+  }
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/Tq == Tk,
+                                                    /*scale=*/attention_scale(), /*enable_gqa=*/true);
+  return out.squeeze(0).transpose(0, 1).reshape({Tq, config_.num_heads * config_.head_dim});
 }
 
 at::Tensor LlamaModel::AttentionOutput(int layer, const at::Tensor& attn, Rows rows) const {

@@ -53,6 +53,10 @@ class LlamaModel {
   // Causal self-attention of one sequence's tokens among themselves (prefill): q [T, H, d],
   // k, v [T, Hkv, d] -> [T, H*d]. Uses libtorch's fused scaled-dot-product attention.
   at::Tensor CausalAttention(const Qkv& qkv) const;
+  // The same for the last q.size(0) rows of a sequence whose first k.size(0) rows have keys (a
+  // chunk of a prompt after the rows before it): q [Tq, H, d], k, v [Tk, Hkv, d], Tq <= Tk; query
+  // i attends keys 0 .. Tk - Tq + i. -> [Tq, H*d]. Tq == Tk is exactly CausalAttention.
+  at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;
 
   double attention_scale() const;
 

@@ -17,14 +17,30 @@ namespace asl::runner {
 // policies or n completions of it) share one segment: their rows are the same numbers, so the
 // forward pass computes them once. A member whose policy cuts it leaves with a copy of the rows it
 // selected; members that never cut share to the end.
-struct ModelRunner::Active {
-  std::vector<size_t> members;  // indices into the caller's seqs
+struct PrefillJob::Segment {
+  std::vector<size_t> members;  // indices into the job's seqs
   int64_t count = 0;
   at::Tensor token_ids;   // [count] int64 on CPU: which prompt tokens these rows are
   at::Tensor positions;   // [count] int64 on CPU: original positions (re-indexed in pass 2)
 };
 
+PrefillJob::PrefillJob(PrefillJob&&) noexcept = default;
+PrefillJob& PrefillJob::operator=(PrefillJob&&) noexcept = default;
+PrefillJob::~PrefillJob() = default;
+
+bool PrefillJob::done() const { return batch_.empty() && next_pass_.empty(); }
+
+std::vector<kv::SeqId> PrefillJob::members() const {
+  std::vector<kv::SeqId> out;
+  for (size_t i = 0; i < seqs_.size(); ++i) {
+    if (in_job_[i]) out.push_back(seqs_[i].seq);
+  }
+  return out;
+}
+
 namespace {
+
+using Segment = PrefillJob::Segment;
 
 // Per KV head, the rows `keep` [Hkv, C] of x [T, Hkv, d] -> [Hkv, C, d]; all rows when undefined.
 at::Tensor GatherPerHead(const at::Tensor& x, const at::Tensor& keep) {
@@ -38,12 +54,11 @@ at::Tensor RowRange(int64_t start, int64_t count, const at::Device& device) {
   return at::arange(start, start + count, at::TensorOptions().dtype(at::kLong).device(device));
 }
 
-}  // namespace
-
-std::vector<ModelRunner::Active> ModelRunner::MergeIdentical(std::vector<Active> batch) {
-  std::vector<Active> merged;
-  for (Active& a : batch) {
-    auto same = std::find_if(merged.begin(), merged.end(), [&](const Active& m) {
+// One segment per distinct (tokens, positions); the members of equal ones are joined.
+std::vector<Segment> MergeIdentical(std::vector<Segment> batch) {
+  std::vector<Segment> merged;
+  for (Segment& a : batch) {
+    auto same = std::find_if(merged.begin(), merged.end(), [&](const Segment& m) {
       return m.count == a.count && at::equal(m.token_ids, a.token_ids) && at::equal(m.positions, a.positions);
     });
     if (same == merged.end()) {
@@ -55,162 +70,367 @@ std::vector<ModelRunner::Active> ModelRunner::MergeIdentical(std::vector<Active>
   return merged;
 }
 
-Status ModelRunner::RunPass(std::vector<Active> batch, std::vector<PrefillSeq>& seqs,
-                            std::vector<at::Tensor>& final_hidden, std::vector<Active>& second_pass,
-                            int64_t& token_layers) {
-  const model::LlamaModel& m = *model_;
-  const int num_layers = static_cast<int>(m.config().num_layers);
-  const double scale = m.attention_scale();
+// Measured on the 2-core Zen 4 machine (bench/results/prefill_slices.md, "Cost model"): one FLOP of
+// prefill attention (libtorch's CPU flash attention) costs this many FLOPs of projection GEMM time.
+constexpr double kAttentionFlopCost = 1.0;
 
-  batch = MergeIdentical(std::move(batch));
+}  // namespace
+
+PrefillCostModel PrefillCostModel::For(const model::ModelConfig& c) {
+  const double hd = static_cast<double>(c.num_heads * c.head_dim);
+  const double kvd = static_cast<double>(c.num_kv_heads * c.head_dim);
+  const double h = static_cast<double>(c.hidden_size);
+  const double weights = h * hd * 2 + h * kvd * 2 + 3 * h * static_cast<double>(c.intermediate_size);
+  PrefillCostModel m;
+  m.attention_pair_weight = kAttentionFlopCost * (4 * hd) / (2 * weights);
+  return m;
+}
+
+void ModelRunner::BeginPass(PrefillJob& job, std::vector<Segment> segments) {
+  job.batch_ = MergeIdentical(std::move(segments));
+  job.layer_ = 0;
+  job.row_ = 0;
+  if (job.batch_.empty()) return;
   std::vector<at::Tensor> ids, pos;
-  for (const Active& a : batch) {
+  for (const Segment& a : job.batch_) {
     ids.push_back(a.token_ids);
     pos.push_back(a.positions);
   }
-  at::Tensor x = m.Embed(at::cat(ids));      // [T, hidden]
-  at::Tensor positions = at::cat(pos);       // [T]
-
-  for (int layer = 0; layer < num_layers && !batch.empty(); ++layer) {
-    token_layers += x.size(0);
-    model::Rope rope = m.RopeFor(positions);
-    model::Qkv qkv = m.AttentionInputs(layer, x, rope, model::Rows::kTokens);
-    std::vector<at::Tensor> attn_parts;
-    std::vector<std::vector<prune::LayerPlan>> plans(batch.size());  // per segment, per member
-    bool changed = false;
-    int64_t offset = 0;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const Active& a = batch[i];
-      model::Qkv s{qkv.q.narrow(0, offset, a.count), qkv.k.narrow(0, offset, a.count),
-                   qkv.v.narrow(0, offset, a.count)};
-      offset += a.count;
-      attn_parts.push_back(m.CausalAttention(s));
-
-      // Members of one segment share its Q/K, so their scores are computed once per scoring setting.
-      std::vector<std::pair<std::tuple<int, int, Pooling>, at::Tensor>> pooled_by_setting;
-      at::Tensor gem_shared;
-      for (size_t member : a.members) {
-        prune::PruningPolicy& policy = *seqs[member].policy;
-        const PruningParams& p = policy.params();
-        const prune::ScoreNeeds needs = policy.Needs(layer, a.count);
-        at::Tensor pooled, gem;
-        if (needs.window_scores) {
-          const auto setting = std::make_tuple(p.window, p.kernel, p.pooling);
-          auto it = std::find_if(pooled_by_setting.begin(), pooled_by_setting.end(),
-                                 [&](const auto& e) { return e.first == setting; });
-          if (it == pooled_by_setting.end()) {
-            pooled_by_setting.emplace_back(
-                setting, prune::PooledWindowScores(s.q, s.k, p.window, p.kernel, p.pooling, scale));
-            it = std::prev(pooled_by_setting.end());
-          }
-          pooled = it->second;
-        }
-        if (needs.gem_scores) {
-          if (!gem_shared.defined()) gem_shared = prune::GemFilterScores(s.q, s.k, /*kernel=*/5);
-          gem = gem_shared;
-        }
-        const bool storing = !policy.in_first_pass();
-        prune::LayerPlan plan = policy.OnLayer(layer, a.count, pooled, gem);
-        if (storing) {
-          ASL_RETURN_IF_ERROR(kv_->Append(seqs[member].seq, layer, GatherPerHead(s.k, plan.kv_keep),
-                                          GatherPerHead(s.v, plan.kv_keep)));
-        }
-        changed |= plan.select.defined();
-        plans[i].push_back(std::move(plan));
-      }
-    }
-    x = x + m.AttentionOutput(layer, batch.size() == 1 ? attn_parts[0] : at::cat(attn_parts), model::Rows::kTokens);
-    x = x + m.Mlp(layer, x, model::Rows::kTokens);
-    if (!changed) continue;
-
-    // Shrink the packed batch: a sequence cut here keeps its selected rows (with their original
-    // positions, §4) as a segment of its own; a sequence whose first pass ended leaves for pass 2
-    // (§7); the segment's other members keep its rows.
-    std::vector<at::Tensor> rows;
-    std::vector<Active> next;
-    offset = 0;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      Active& a = batch[i];
-      const int64_t start = offset;
-      offset += a.count;
-      std::vector<size_t> staying;
-      for (size_t j = 0; j < a.members.size(); ++j) {
-        const size_t member = a.members[j];
-        const prune::LayerPlan& plan = plans[i][j];
-        if (!plan.select.defined()) {
-          staying.push_back(member);
-          continue;
-        }
-        const at::Tensor select = plan.select.cpu();
-        Active cut;
-        cut.members = {member};
-        at::Tensor kept = a.positions.index_select(0, select).contiguous();
-        seqs[member].policy->mutable_report().selected_positions.assign(
-            kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel());
-        cut.token_ids = a.token_ids.index_select(0, select);
-        cut.count = cut.token_ids.size(0);
-        if (plan.end_pass) {
-          cut.positions = at::arange(cut.count, at::kLong);
-          second_pass.push_back(std::move(cut));
-          continue;
-        }
-        cut.positions = std::move(kept);
-        rows.push_back(select.to(x.device()) + start);
-        next.push_back(std::move(cut));
-      }
-      if (staying.empty()) continue;
-      a.members = std::move(staying);
-      rows.push_back(RowRange(start, a.count, x.device()));
-      next.push_back(std::move(a));
-    }
-    batch = std::move(next);
-    if (batch.empty()) break;
-    at::Tensor index = at::cat(rows);
-    x = x.index_select(0, index);
-    positions = positions.index_select(0, index.cpu());
-  }
-
-  int64_t offset = 0;
-  for (const Active& a : batch) {
-    offset += a.count;
-    for (size_t member : a.members) final_hidden[member] = x[offset - 1];
-  }
-  return Status::Ok();
+  job.x_ = model_->Embed(at::cat(ids));  // [T, hidden]
+  job.positions_ = at::cat(pos);         // [T]
 }
 
-StatusOr<PrefillOutput> ModelRunner::Prefill(std::vector<PrefillSeq>& seqs) {
+StatusOr<PrefillJob> ModelRunner::StartPrefill(std::vector<PrefillSeq> seqs) {
   try {
-    std::vector<Active> batch;
+    PrefillJob job;
+    std::vector<Segment> batch;
     for (size_t i = 0; i < seqs.size(); ++i) {
-      Active a;
+      if (seqs[i].prompt_ids.empty()) return InvalidArgument("prefill of an empty prompt");
+      Segment a;
       a.members = {i};
       a.token_ids = at::tensor(seqs[i].prompt_ids, at::kInt).to(at::kLong);
       a.count = a.token_ids.size(0);
       a.positions = at::arange(a.count, at::kLong);
-      if (a.count == 0) return InvalidArgument("prefill of an empty prompt");
       batch.push_back(std::move(a));
     }
-    std::vector<at::Tensor> final_hidden(seqs.size());
-    std::vector<Active> second_pass, none;
-    PrefillOutput out;
-    ASL_RETURN_IF_ERROR(RunPass(std::move(batch), seqs, final_hidden, second_pass, out.token_layers));
-    out.next_positions.resize(seqs.size());
-    for (size_t i = 0; i < seqs.size(); ++i) out.next_positions[i] = static_cast<int64_t>(seqs[i].prompt_ids.size());
-    if (!second_pass.empty()) {
-      for (const Active& a : second_pass) {
-        seqs[a.members[0]].policy->BeginSecondPass(a.count);
-        out.next_positions[a.members[0]] = a.count;
-      }
-      ASL_RETURN_IF_ERROR(RunPass(std::move(second_pass), seqs, final_hidden, none, out.token_layers));
-      ASL_CHECK(none.empty(), "a second pass cannot end another pass");
-    }
-    out.logits = model_->Logits(at::stack(final_hidden)).cpu();
-    return out;
+    job.in_job_.assign(seqs.size(), 1);
+    job.num_slices_.assign(seqs.size(), 0);
+    for (const PrefillSeq& s : seqs) job.next_positions_.push_back(static_cast<int64_t>(s.prompt_ids.size()));
+    job.seqs_ = std::move(seqs);
+    BeginPass(job, std::move(batch));
+    return job;
   } catch (const c10::Error& e) {
     return Internal(std::string("prefill failed: ") + e.what_without_backtrace());
   } catch (const std::exception& e) {
     return Internal(std::string("prefill failed: ") + e.what());
   }
+}
+
+int64_t ModelRunner::ChunkEnd(const PrefillJob& job) const {
+  const int64_t total = job.x_.defined() ? job.x_.size(0) : 0;
+  if (options_.chunk_rows <= 0) return total;
+  return std::min(total, job.row_ + options_.chunk_rows);
+}
+
+double ModelRunner::NextChunkCost(const PrefillJob& job) const {
+  auto chunk_cost = [&](const std::vector<Segment>& segments, int64_t begin, int64_t end) {
+    // Rows, plus each segment's query-key pairs of the chunk's rows: local row i attends i + 1 keys.
+    double pairs = 0;
+    int64_t start = 0;
+    for (const Segment& a : segments) {
+      const int64_t l0 = std::max<int64_t>(begin - start, 0), l1 = std::min<int64_t>(end - start, a.count);
+      if (l1 > l0) pairs += (static_cast<double>(l1) * (l1 + 1) - static_cast<double>(l0) * (l0 + 1)) / 2;
+      start += a.count;
+    }
+    return static_cast<double>(end - begin) + cost_.attention_pair_weight * pairs;
+  };
+  if (!job.batch_.empty()) return chunk_cost(job.batch_, job.row_, ChunkEnd(job));
+  // Between passes: the second pass's first chunk.
+  int64_t rows = 0;
+  for (const Segment& a : job.next_pass_) rows += a.count;
+  const int64_t end = options_.chunk_rows > 0 ? std::min(rows, options_.chunk_rows) : rows;
+  return rows == 0 ? 0 : chunk_cost(job.next_pass_, 0, end);
+}
+
+void ModelRunner::Drop(PrefillJob& job, const std::function<bool(kv::SeqId)>& keep) {
+  if (!keep) return;
+  std::vector<char> gone(job.seqs_.size(), 0);
+  bool any = false;
+  for (size_t i = 0; i < job.seqs_.size(); ++i) {
+    if (job.in_job_[i] && !keep(job.seqs_[i].seq)) {
+      gone[i] = 1;
+      job.in_job_[i] = 0;
+      any = true;
+    }
+  }
+  if (!any) return;
+  auto strip = [&](Segment& a) {
+    a.members.erase(std::remove_if(a.members.begin(), a.members.end(), [&](size_t m) { return gone[m] != 0; }),
+                    a.members.end());
+    return a.members.empty();
+  };
+  job.next_pass_.erase(std::remove_if(job.next_pass_.begin(), job.next_pass_.end(), strip), job.next_pass_.end());
+  // Segments with no member left leave the packed batch with their rows, also those of the layer
+  // in progress; the rows already done stay a prefix.
+  std::vector<at::Tensor> rows;
+  std::vector<Segment> kept;
+  int64_t offset = 0, row = 0;
+  for (Segment& a : job.batch_) {
+    const int64_t start = offset;
+    offset += a.count;
+    if (strip(a)) continue;
+    rows.push_back(RowRange(start, a.count, job.x_.device()));
+    row += std::clamp<int64_t>(job.row_ - start, 0, a.count);
+    kept.push_back(std::move(a));
+  }
+  if (kept.size() == job.batch_.size()) return;
+  job.batch_ = std::move(kept);
+  job.row_ = row;
+  if (job.batch_.empty()) {
+    job.x_ = job.positions_ = job.q_ = job.k_ = job.v_ = job.x_out_ = at::Tensor();
+    return;
+  }
+  at::Tensor index = at::cat(rows);
+  job.x_ = job.x_.index_select(0, index);
+  job.positions_ = job.positions_.index_select(0, index.cpu());
+  for (at::Tensor* t : {&job.q_, &job.k_, &job.v_, &job.x_out_}) {
+    if (t->defined()) *t = t->index_select(0, index);
+  }
+}
+
+void ModelRunner::RunChunk(PrefillJob& job, int64_t end) {
+  const model::LlamaModel& m = *model_;
+  const int layer = job.layer_;
+  const int64_t begin = job.row_, n = end - begin;
+  if (begin == 0) {
+    // The layer's first chunk: room for every row's Q, K, V and output.
+    const int64_t T = job.x_.size(0);
+    const auto& c = m.config();
+    const auto opts = job.x_.options();
+    job.q_ = at::empty({T, c.num_heads, c.head_dim}, opts);
+    job.k_ = at::empty({T, c.num_kv_heads, c.head_dim}, opts);
+    job.v_ = at::empty({T, c.num_kv_heads, c.head_dim}, opts);
+    job.x_out_ = at::empty_like(job.x_);
+  }
+  job.token_layers_ += n;
+  at::Tensor x = job.x_.narrow(0, begin, n);
+  model::Rope rope = m.RopeFor(job.positions_.narrow(0, begin, n));
+  model::Qkv qkv = m.AttentionInputs(layer, x, rope, model::Rows::kTokens);
+  job.q_.narrow(0, begin, n).copy_(qkv.q);
+  job.k_.narrow(0, begin, n).copy_(qkv.k);
+  job.v_.narrow(0, begin, n).copy_(qkv.v);
+  // Each segment's rows in the chunk attend that segment's rows up to themselves (causal).
+  std::vector<at::Tensor> attn_parts;
+  int64_t start = 0;
+  for (const Segment& a : job.batch_) {
+    const int64_t c0 = std::max(begin, start), c1 = std::min(end, start + a.count);
+    if (c1 > c0) {
+      attn_parts.push_back(m.CausalAttention(job.q_.narrow(0, c0, c1 - c0), job.k_.narrow(0, start, c1 - start),
+                                             job.v_.narrow(0, start, c1 - start)));
+    }
+    start += a.count;
+  }
+  at::Tensor h = x + m.AttentionOutput(layer, attn_parts.size() == 1 ? attn_parts[0] : at::cat(attn_parts),
+                                       model::Rows::kTokens);
+  job.x_out_.narrow(0, begin, n).copy_(h + m.Mlp(layer, h, model::Rows::kTokens));
+  job.row_ = end;
+}
+
+Status ModelRunner::EndLayer(PrefillJob& job) {
+  const model::LlamaModel& m = *model_;
+  const double scale = m.attention_scale();
+  const int layer = job.layer_;
+  std::vector<Segment>& batch = job.batch_;
+  std::vector<PrefillSeq>& seqs = job.seqs_;
+  std::vector<std::vector<prune::LayerPlan>> plans(batch.size());  // per segment, per member
+  bool changed = false;
+  int64_t offset = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const Segment& a = batch[i];
+    model::Qkv s{job.q_.narrow(0, offset, a.count), job.k_.narrow(0, offset, a.count),
+                 job.v_.narrow(0, offset, a.count)};
+    offset += a.count;
+    // Members of one segment share its Q/K, so their scores are computed once per scoring setting.
+    std::vector<std::pair<std::tuple<int, int, Pooling>, at::Tensor>> pooled_by_setting;
+    at::Tensor gem_shared;
+    for (size_t member : a.members) {
+      prune::PruningPolicy& policy = *seqs[member].policy;
+      const PruningParams& p = policy.params();
+      const prune::ScoreNeeds needs = policy.Needs(layer, a.count);
+      at::Tensor pooled, gem;
+      if (needs.window_scores) {
+        const auto setting = std::make_tuple(p.window, p.kernel, p.pooling);
+        auto it = std::find_if(pooled_by_setting.begin(), pooled_by_setting.end(),
+                               [&](const auto& e) { return e.first == setting; });
+        if (it == pooled_by_setting.end()) {
+          pooled_by_setting.emplace_back(
+              setting, prune::PooledWindowScores(s.q, s.k, p.window, p.kernel, p.pooling, scale));
+          it = std::prev(pooled_by_setting.end());
+        }
+        pooled = it->second;
+      }
+      if (needs.gem_scores) {
+        if (!gem_shared.defined()) gem_shared = prune::GemFilterScores(s.q, s.k, /*kernel=*/5);
+        gem = gem_shared;
+      }
+      const bool storing = !policy.in_first_pass();
+      prune::LayerPlan plan = policy.OnLayer(layer, a.count, pooled, gem);
+      if (storing) {
+        ASL_RETURN_IF_ERROR(kv_->Append(seqs[member].seq, layer, GatherPerHead(s.k, plan.kv_keep),
+                                        GatherPerHead(s.v, plan.kv_keep)));
+      }
+      changed |= plan.select.defined();
+      plans[i].push_back(std::move(plan));
+    }
+  }
+  at::Tensor& x = job.x_;
+  x = job.x_out_;
+  job.q_ = job.k_ = job.v_ = job.x_out_ = at::Tensor();
+  job.layer_ = layer + 1;
+  job.row_ = 0;
+  if (!changed) return Status::Ok();
+
+  // Shrink the packed batch: a sequence cut here keeps its selected rows (with their original
+  // positions, §4) as a segment of its own; a sequence whose first pass ended leaves for pass 2
+  // (§7); the segment's other members keep its rows.
+  std::vector<at::Tensor> rows;
+  std::vector<Segment> next;
+  offset = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Segment& a = batch[i];
+    const int64_t start = offset;
+    offset += a.count;
+    std::vector<size_t> staying;
+    for (size_t j = 0; j < a.members.size(); ++j) {
+      const size_t member = a.members[j];
+      const prune::LayerPlan& plan = plans[i][j];
+      if (!plan.select.defined()) {
+        staying.push_back(member);
+        continue;
+      }
+      const at::Tensor select = plan.select.cpu();
+      Segment cut;
+      cut.members = {member};
+      at::Tensor kept = a.positions.index_select(0, select).contiguous();
+      seqs[member].policy->mutable_report().selected_positions.assign(
+          kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel());
+      cut.token_ids = a.token_ids.index_select(0, select);
+      cut.count = cut.token_ids.size(0);
+      if (plan.end_pass) {
+        cut.positions = at::arange(cut.count, at::kLong);
+        job.next_pass_.push_back(std::move(cut));
+        continue;
+      }
+      cut.positions = std::move(kept);
+      rows.push_back(select.to(x.device()) + start);
+      next.push_back(std::move(cut));
+    }
+    if (staying.empty()) continue;
+    a.members = std::move(staying);
+    rows.push_back(RowRange(start, a.count, x.device()));
+    next.push_back(std::move(a));
+  }
+  batch = std::move(next);
+  if (batch.empty()) {
+    x = at::Tensor();
+    job.positions_ = at::Tensor();
+    return Status::Ok();
+  }
+  at::Tensor index = at::cat(rows);
+  x = x.index_select(0, index);
+  job.positions_ = job.positions_.index_select(0, index.cpu());
+  return Status::Ok();
+}
+
+void ModelRunner::EndPass(PrefillJob& job, PrefillSlice& slice) {
+  // Sequences that ran every layer of this pass finish with their last row.
+  std::vector<at::Tensor> last_rows;
+  int64_t offset = 0;
+  for (const Segment& a : job.batch_) {
+    offset += a.count;
+    for (size_t member : a.members) {
+      last_rows.push_back(job.x_[offset - 1]);
+      job.in_job_[member] = 0;
+      slice.done.push_back(PrefilledSeq{member, job.seqs_[member].seq, job.next_positions_[member],
+                                        job.num_slices_[member]});
+    }
+  }
+  if (!last_rows.empty()) {
+    at::Tensor logits = model_->Logits(at::stack(last_rows)).cpu();
+    slice.logits = slice.logits.defined() ? at::cat({slice.logits, logits}) : logits;
+  }
+  job.batch_.clear();
+  job.x_ = at::Tensor();
+  job.positions_ = at::Tensor();
+  ASL_CHECK(job.pass_ == 1 || job.next_pass_.empty(), "a second pass cannot end another pass");
+  if (job.next_pass_.empty()) return;
+  // Two-pass policies (§7): pass 2 runs the selected tokens, re-indexed to 0..k-1, with full KV.
+  for (const Segment& a : job.next_pass_) {
+    job.seqs_[a.members[0]].policy->BeginSecondPass(a.count);
+    job.next_positions_[a.members[0]] = a.count;
+  }
+  job.pass_ = 2;
+  BeginPass(job, std::move(job.next_pass_));
+  job.next_pass_.clear();
+}
+
+StatusOr<PrefillSlice> ModelRunner::Advance(PrefillJob& job, double budget,
+                                            const std::function<bool(kv::SeqId)>& keep) {
+  try {
+    Drop(job, keep);
+    PrefillSlice slice;
+    for (size_t i = 0; i < job.seqs_.size(); ++i) {
+      if (job.in_job_[i]) job.num_slices_[i]++;
+    }
+    const int num_layers = static_cast<int>(model_->config().num_layers);
+    while (!job.done()) {
+      if (job.batch_.empty() || job.layer_ >= num_layers) {
+        EndPass(job, slice);
+        continue;
+      }
+      const double cost = NextChunkCost(job);
+      if (budget > 0 && slice.num_chunks > 0 && slice.cost + cost > budget) break;
+      const int64_t end = ChunkEnd(job);
+      slice.token_layers += end - job.row_;
+      RunChunk(job, end);
+      slice.num_chunks++;
+      slice.cost += cost;
+      if (job.row_ < job.x_.size(0)) continue;
+      ASL_RETURN_IF_ERROR(EndLayer(job));
+      slice.num_layers_done++;
+      // A pass that just ended finishes its sequences in this call, not in the next.
+      if (job.batch_.empty() || job.layer_ >= num_layers) EndPass(job, slice);
+    }
+    // Finished sequences report the slices they took, this one included.
+    for (PrefilledSeq& d : slice.done) d.num_slices = job.num_slices_[d.index];
+    return slice;
+  } catch (const c10::Error& e) {
+    return Internal(std::string("prefill failed: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return Internal(std::string("prefill failed: ") + e.what());
+  }
+}
+
+StatusOr<PrefillOutput> ModelRunner::Prefill(std::vector<PrefillSeq>& seqs, double budget) {
+  ASL_ASSIGN_OR_RETURN(PrefillJob job, StartPrefill(seqs));
+  PrefillOutput out;
+  out.next_positions.assign(seqs.size(), 0);
+  std::vector<at::Tensor> rows(seqs.size());
+  while (!job.done()) {
+    ASL_ASSIGN_OR_RETURN(PrefillSlice slice, Advance(job, budget));
+    out.num_slices++;
+    for (size_t j = 0; j < slice.done.size(); ++j) {
+      rows[slice.done[j].index] = slice.logits[static_cast<int64_t>(j)];
+      out.next_positions[slice.done[j].index] = slice.done[j].next_position;
+    }
+  }
+  out.token_layers = job.token_layers();
+  try {
+    out.logits = at::stack(rows);
+  } catch (const c10::Error& e) {
+    return Internal(std::string("prefill failed: ") + e.what_without_backtrace());
+  }
+  return out;
 }
 
 StatusOr<at::Tensor> ModelRunner::Decode(const std::vector<DecodeSeq>& seqs) {
