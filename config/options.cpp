@@ -203,8 +203,16 @@ std::vector<Option> BuildOptions() {
                         [](auto* c) { return &c->engine.max_num_seqs; }));
   o.push_back(IntOption("scheduler.max_waiting", "requests waiting at once; beyond it RESOURCE_EXHAUSTED", 0, kIntMax,
                         [](auto* c) { return &c->engine.max_waiting; }));
-  o.push_back(IntOption("scheduler.max_prefill_tokens", "prompt tokens prefilled per engine step", 1, kIntMax,
+  o.push_back(IntOption("scheduler.max_prefill_tokens", "prompt tokens admitted into one prefill batch", 1, kIntMax,
                         [](auto* c) { return &c->engine.max_prefill_tokens; }));
+  o.push_back(FloatOption("scheduler.step_prefill_budget",
+                          "prefill work per engine step in token-layers (whole layers, at least one, between decode "
+                          "steps); 0 = each prefill in one step",
+                          0.0, 1e15, false, [](auto* c) { return &c->engine.step_prefill_budget; }));
+  o.push_back(IntOption("scheduler.prefill_chunk_rows",
+                        "rows of the prefill batch one chunk of a layer computes: the smallest prefill slice; "
+                        "0 = whole layers",
+                        0, kIntMax, [](auto* c) { return &c->engine.prefill_chunk_rows; }));
   o.push_back(Option{"scheduler.admission", "reserve|optimistic",
                      "reserve: admit while every running request's prompt KV after pruning + max_tokens fits "
                      "(no preemption); optimistic: admit by prompt KV only, preempt (recompute) when decode runs out",

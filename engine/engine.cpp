@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 
@@ -19,9 +20,11 @@
 #include "engine/kv/block_pool.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/model_loader.h"
+#include "engine/output_processor.h"
 #include "engine/prune/policy.h"
 #include "engine/runner/model_runner.h"
 #include "engine/sample/sampler.h"
+#include "engine/sched/block_accounting.h"
 #include "engine/sched/scheduler.h"
 #include "engine/tokenizer/tokenizer.h"
 
@@ -55,7 +58,7 @@ int64_t AvailableHostMemory() {
   return 0;
 }
 
-class EngineImpl final : public Engine, private sched::BlockFacts {
+class EngineImpl final : public Engine, private sched::PoolFacts {
  public:
   EngineImpl(EngineConfig config, std::shared_ptr<EngineMetrics> metrics)
       : config_(std::move(config)), metrics_(std::move(metrics)) {}
@@ -75,22 +78,25 @@ class EngineImpl final : public Engine, private sched::BlockFacts {
   }
 
  private:
-  // sched::BlockFacts
+  // sched::PoolFacts
   int64_t num_free_blocks() const override { return pool_->num_blocks_free(); }
   int64_t num_total_blocks() const override { return pool_->num_blocks_total(); }
-  int64_t BlocksForNextToken(const sched::Sequence& seq) const override;
+  int64_t Length(RequestId seq, int layer) const override { return pool_->Length(static_cast<kv::SeqId>(seq), layer); }
 
   void Loop();
   bool HasWork() const { return scheduler_->num_waiting() + scheduler_->num_running() > 0; }
   void DrainInbox();
   void Step();
-  void RunPrefill(const std::vector<sched::Sequence*>& seqs);
+  // Starts the next prefill batch with the sequences admitted this step.
+  void StartPrefill(const std::vector<sched::Sequence*>& seqs);
+  // Runs one slice of the prefill in flight; sequences it finishes sample their first token.
+  void AdvancePrefill(double budget, StepStats& step);
+  // Whether `id` is still in the prefill in flight (not finished, cancelled or preempted).
+  bool InPrefill(kv::SeqId id) const;
+  // Drops the prefill in flight once none of its sequences is left in it.
+  void ForgetEmptyPrefill();
   void RunDecode(const std::vector<sched::Sequence*>& seqs);
-  void Accept(Entry& e, const sample::SampleResult& result);
-  void Finish(Entry& e, FinishReason reason, Status status = Status::Ok());
-  void FailAll(const std::vector<sched::Sequence*>& seqs, const Status& status);
   void PublishStats();
-  Entry& EntryOf(const sched::Sequence* s) { return *entries_.at(s->id); }
 
   EngineConfig config_;
   std::shared_ptr<EngineMetrics> metrics_;
@@ -101,7 +107,7 @@ class EngineImpl final : public Engine, private sched::BlockFacts {
   std::unique_ptr<kv::PagedKvCache> kv_;
   std::unique_ptr<runner::ModelRunner> runner_;
   std::unique_ptr<sched::Scheduler> scheduler_;
-  std::vector<TokenId> eos_ids_;
+  std::unique_ptr<sched::BlockAccounting> accounting_;
   int64_t kv_bytes_per_token_ = 0;  // one token of one layer, K and V, all KV heads
 
   // Inbox: the only state shared across threads.
@@ -119,7 +125,8 @@ class EngineImpl final : public Engine, private sched::BlockFacts {
   std::once_flag shutdown_once_;
 
   // Engine-thread state.
-  std::unordered_map<RequestId, std::unique_ptr<Entry>> entries_;
+  std::unique_ptr<OutputProcessor> outputs_;  // owns every request's Entry
+  std::optional<runner::PrefillJob> prefill_;  // the prefill in flight, if any
   uint64_t next_arrival_ = 1;
   int64_t num_preemptions_ = 0;
 
@@ -144,6 +151,8 @@ Status EngineImpl::Init() {
   if (config_.max_num_seqs < 1) return InvalidArgument("max_num_seqs: must be >= 1");
   if (config_.max_waiting < 0) return InvalidArgument("max_waiting: must be >= 0");
   if (config_.max_prefill_tokens < 1) return InvalidArgument("max_prefill_tokens: must be >= 1");
+  if (!(config_.step_prefill_budget >= 0)) return InvalidArgument("step_prefill_budget: must be >= 0 (0 = no limit)");
+  if (config_.prefill_chunk_rows < 0) return InvalidArgument("prefill_chunk_rows: must be >= 0 (0 = whole layers)");
 
   ASL_ASSIGN_OR_RETURN(model::LoadedModel loaded, model::LoadModel(config_.model_path, device, dtype));
   const model::ModelConfig mc = loaded.config;
@@ -153,7 +162,6 @@ Status EngineImpl::Init() {
     ASL_ASSIGN_OR_RETURN(tok::TokenizerSpec spec, tok::Tokenizer::SpecFromTokenizerJson(loaded.tokenizer_dir));
     ASL_ASSIGN_OR_RETURN(tokenizer_, tok::Tokenizer::Create(std::move(spec)));
   }
-  eos_ids_ = tokenizer_->stop_token_ids();
   model_ = std::make_unique<model::LlamaModel>(mc, std::move(loaded.weights));
 
   PruningParams probe = config_.default_pruning;
@@ -173,13 +181,18 @@ Status EngineImpl::Init() {
                                   static_cast<int>(mc.num_layers), mc.num_kv_heads, mc.head_dim, dtype, device,
                                   config_.block_size, /*num_blocks=*/0, bytes}));
   kv_ = std::make_unique<kv::PagedKvCache>(pool_.get());
-  runner_ = std::make_unique<runner::ModelRunner>(model_.get(), kv_.get());
+  runner_ = std::make_unique<runner::ModelRunner>(model_.get(), kv_.get(),
+                                                  runner::PrefillOptions{config_.prefill_chunk_rows});
   scheduler_ = std::make_unique<sched::Scheduler>(sched::SchedulerConfig{
-      config_.max_num_seqs, config_.max_prefill_tokens, static_cast<int>(mc.num_layers), config_.block_size,
+      config_.max_num_seqs, config_.max_prefill_tokens, config_.step_prefill_budget,
       config_.optimistic_admission ? sched::AdmissionMode::kOptimistic : sched::AdmissionMode::kReserve});
+  accounting_ = std::make_unique<sched::BlockAccounting>(static_cast<int>(mc.num_layers), config_.block_size,
+                                                        static_cast<const sched::PoolFacts*>(this));
   if (config_.max_model_len <= 0 || config_.max_model_len > mc.max_position_embeddings) {
     config_.max_model_len = static_cast<int>(mc.max_position_embeddings);
   }
+  outputs_ = std::make_unique<OutputProcessor>(tokenizer_->stop_token_ids(), config_.max_model_len, kv_.get(),
+                                               scheduler_.get(), metrics_.get(), &num_queued_);
 
   info_.name = mc.name;
   info_.arch = model::ArchName(mc.arch);
@@ -196,7 +209,7 @@ Status EngineImpl::Init() {
   info_.kv_blocks_total = pool_->num_blocks_total();
   info_.kv_block_size = config_.block_size;
   info_.kv_bytes_total = pool_->bytes_total();
-  info_.eos_token_ids = eos_ids_;
+  info_.eos_token_ids = tokenizer_->stop_token_ids();
   ASL_LOG_INFO("engine ready: model {} ({} layers) on {} {}, KV pool {} blocks x {} tokens ({:.1f} MiB)", info_.name,
                info_.num_layers, info_.device, info_.dtype, info_.kv_blocks_total, info_.kv_block_size,
                info_.kv_bytes_total / 1048576.0);
@@ -224,15 +237,11 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
                            std::to_string(config_.max_model_len) + ")");
   }
   // Reject what could never run even alone in an empty pool.
-  const int bs = config_.block_size;
-  int64_t lifetime_blocks = 0;
-  for (int l = 0; l < mc.num_layers; ++l) {
-    lifetime_blocks += (prune::KvTokensUpperBound(request.pruning, l, n) + request.sampling.max_tokens + bs - 1) / bs;
-  }
-  const int64_t admission = prune::PromptKvBlocksUpperBound(request.pruning, static_cast<int>(mc.num_layers), n, bs);
-  if (std::max(lifetime_blocks, admission + mc.num_layers) > pool_->num_blocks_total()) {
+  const sched::RequestBlocks blocks = accounting_->Bounds(
+      prune::KvTokensUpperBounds(request.pruning, static_cast<int>(mc.num_layers), n), request.sampling.max_tokens);
+  if (blocks.lifetime > pool_->num_blocks_total()) {
     return ResourceExhausted("prompt: " + std::to_string(n) + " tokens with max_tokens " +
-                             std::to_string(request.sampling.max_tokens) + " need " + std::to_string(lifetime_blocks) +
+                             std::to_string(request.sampling.max_tokens) + " need " + std::to_string(blocks.lifetime) +
                              " KV blocks under policy " + PolicyName(request.pruning.policy) +
                              ", more than the whole pool (" + std::to_string(pool_->num_blocks_total()) + ")");
   }
@@ -243,8 +252,8 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   e->seq.num_prompt_tokens = n;
   e->seq.prompt_hash = HashTokens(e->request.prompt_ids);
   e->seq.max_tokens = e->request.sampling.max_tokens;
-  e->seq.admission_blocks = admission;
-  e->seq.lifetime_blocks = std::max(lifetime_blocks, admission + mc.num_layers);
+  e->seq.admission_blocks = blocks.prompt;
+  e->seq.lifetime_blocks = blocks.lifetime;
   e->seq.arrival_time = Clock::now();
   e->sampler = std::make_unique<sample::SamplerState>(e->request.sampling, e->request.prompt_ids);
   e->detok = std::make_unique<tok::IncrementalDecoder>(*tokenizer_, /*skip_special=*/true);
@@ -283,14 +292,6 @@ void EngineImpl::Shutdown(bool drain, std::chrono::milliseconds grace) {
   });
 }
 
-int64_t EngineImpl::BlocksForNextToken(const sched::Sequence& seq) const {
-  int64_t need = 0;
-  for (int l = 0; l < model_->config().num_layers; ++l) {
-    if (kv_->Length(static_cast<kv::SeqId>(seq.id), l) % config_.block_size == 0) need++;
-  }
-  return need;
-}
-
 void EngineImpl::Loop() {
   while (true) {
     {
@@ -305,9 +306,8 @@ void EngineImpl::Loop() {
       if (stopping_) stop_now = !drain_ || Clock::now() >= drain_deadline_ || !HasWork();
     }
     if (stop_now) {
-      std::vector<Entry*> all;
-      for (auto& [id, e] : entries_) all.push_back(e.get());
-      for (Entry* e : all) Finish(*e, FinishReason::kAbort, Unavailable("engine shut down"));
+      for (Entry* e : outputs_->All()) outputs_->Finish(*e, FinishReason::kAbort, Unavailable("engine shut down"));
+      ForgetEmptyPrefill();
       PublishStats();
       return;
     }
@@ -327,24 +327,37 @@ void EngineImpl::DrainInbox() {
     arrivals.swap(inbox_);
     cancels.swap(cancels_);
   }
-  for (auto& e : arrivals) {
-    e->seq.arrival_seq = next_arrival_++;
-    Entry* raw = e.get();
-    entries_[raw->seq.id] = std::move(e);
-    scheduler_->AddWaiting(&raw->seq);
-    ASL_LOG_DEBUG("request {} ({}) queued: {} prompt tokens, policy {}", raw->seq.id, raw->request.client_id,
-                  raw->seq.num_prompt_tokens, PolicyName(raw->request.pruning.policy));
+  for (auto& arrival : arrivals) {
+    arrival->seq.arrival_seq = next_arrival_++;
+    Entry& e = outputs_->Add(std::move(arrival));
+    scheduler_->AddWaiting(&e.seq);
+    ASL_LOG_DEBUG("request {} ({}) queued: {} prompt tokens, policy {}", e.seq.id, e.request.client_id,
+                  e.seq.num_prompt_tokens, PolicyName(e.request.pruning.policy));
   }
   for (RequestId id : cancels) {
-    auto it = entries_.find(id);
-    if (it != entries_.end()) Finish(*it->second, FinishReason::kCancelled, Cancelled("cancelled by the client"));
+    if (Entry* e = outputs_->Find(id)) outputs_->Finish(*e, FinishReason::kCancelled, Cancelled("cancelled by the client"));
   }
+  ForgetEmptyPrefill();
+}
+
+bool EngineImpl::InPrefill(kv::SeqId id) const {
+  const Entry* e = static_cast<const OutputProcessor&>(*outputs_).Find(static_cast<RequestId>(id));
+  return e != nullptr && e->seq.state == sched::SeqState::kPrefilling;
+}
+
+void EngineImpl::ForgetEmptyPrefill() {
+  if (!prefill_) return;
+  for (kv::SeqId id : prefill_->members()) {
+    if (InPrefill(id)) return;
+  }
+  prefill_.reset();
 }
 
 void EngineImpl::Step() {
-  sched::StepPlan plan = scheduler_->Schedule(*this);
+  sched::StepPlan plan = scheduler_->Schedule(*accounting_);
   for (sched::Sequence* s : plan.preempted) {
-    // Recompute later: drop the KV now; outputs stay and are replayed through decode (no re-emit).
+    // Recompute later: drop the KV now (the prefill in flight drops a preempted member's rows);
+    // outputs stay and are replayed through decode (no re-emit).
     kv_->FreeSequence(static_cast<kv::SeqId>(s->id));
     s->num_fed_outputs = 0;
     s->next_position = 0;
@@ -352,72 +365,107 @@ void EngineImpl::Step() {
     if (metrics_) metrics_->OnPreemption();
     ASL_LOG_DEBUG("request {} preempted (recompute), {} outputs kept", s->id, s->output_ids.size());
   }
-  int64_t prefill_tokens = 0;
-  for (sched::Sequence* s : plan.prefill) {
-    prefill_tokens += s->num_prompt_tokens;
+  if (!plan.preempted.empty()) ForgetEmptyPrefill();
+  StepStats step;
+  // Decode first, so that a running stream's next token never waits for more than one slice.
+  if (!plan.decode.empty()) {
+    const auto t0 = Clock::now();
+    RunDecode(plan.decode);
+    step.decode_seconds = Seconds(Clock::now() - t0);
+    step.num_decode_seqs = static_cast<int64_t>(plan.decode.size());
+  }
+  if (!plan.prefill.empty()) StartPrefill(plan.prefill);
+  if (prefill_) AdvancePrefill(plan.prefill_budget, step);
+  PublishStats();
+  if (metrics_) metrics_->OnStep(Stats(), step);
+}
+
+void EngineImpl::StartPrefill(const std::vector<sched::Sequence*>& seqs) {
+  ASL_CHECK(!prefill_, "a prefill batch starts only when none is in flight");
+  const model::ModelConfig& mc = model_->config();
+  std::vector<runner::PrefillSeq> batch;
+  for (sched::Sequence* s : seqs) {
+    Entry& e = *outputs_->Find(s->id);
     if (!s->scheduled_once) {
       s->scheduled_once = true;
       s->first_scheduled_time = Clock::now();
       num_queued_--;
     }
-  }
-  if (!plan.prefill.empty()) RunPrefill(plan.prefill);
-  if (!plan.decode.empty()) RunDecode(plan.decode);
-  PublishStats();
-  if (metrics_) metrics_->OnStep(Stats(), prefill_tokens, static_cast<int64_t>(plan.decode.size()));
-}
-
-void EngineImpl::RunPrefill(const std::vector<sched::Sequence*>& seqs) {
-  const model::ModelConfig& mc = model_->config();
-  std::vector<runner::PrefillSeq> batch;
-  for (sched::Sequence* s : seqs) {
-    Entry& e = EntryOf(s);
     Status st = kv_->AddSequence(static_cast<kv::SeqId>(s->id));
     if (!st.ok()) {
-      FailAll(seqs, st);
+      outputs_->FailAll(seqs, st);
       return;
     }
     e.policy = std::make_unique<prune::PruningPolicy>(e.request.pruning, static_cast<int>(mc.num_layers),
                                                       mc.num_kv_heads, s->num_prompt_tokens);
+    e.prefill_seconds = 0;
     batch.push_back(runner::PrefillSeq{static_cast<kv::SeqId>(s->id), e.request.prompt_ids, e.policy.get()});
   }
-  const auto t0 = Clock::now();
-  StatusOr<runner::PrefillOutput> out = runner_->Prefill(batch);
-  const double seconds = Seconds(Clock::now() - t0);
-  if (!out.ok()) {
-    ASL_LOG_ERROR("prefill of {} sequences failed: {}", seqs.size(), out.status().ToString());
-    FailAll(seqs, out.status());
+  StatusOr<runner::PrefillJob> job = runner_->StartPrefill(std::move(batch));
+  if (!job.ok()) {
+    ASL_LOG_ERROR("prefill of {} sequences failed: {}", seqs.size(), job.status().ToString());
+    outputs_->FailAll(seqs, job.status());
     return;
   }
+  prefill_ = std::move(job).value();
+}
+
+void EngineImpl::AdvancePrefill(double budget, StepStats& step) {
+  const model::ModelConfig& mc = model_->config();
+  std::vector<sched::Sequence*> members;
+  for (kv::SeqId id : prefill_->members()) {
+    if (InPrefill(id)) members.push_back(&outputs_->Find(static_cast<RequestId>(id))->seq);
+  }
+  const auto t0 = Clock::now();
+  StatusOr<runner::PrefillSlice> slice = runner_->Advance(*prefill_, budget, [this](kv::SeqId id) { return InPrefill(id); });
+  const double seconds = Seconds(Clock::now() - t0);
+  if (!slice.ok()) {
+    ASL_LOG_ERROR("prefill of {} sequences failed: {}", members.size(), slice.status().ToString());
+    prefill_.reset();
+    outputs_->FailAll(members, slice.status());
+    return;
+  }
+  step.prefill_seconds = seconds;
+  step.num_prefill_seqs = static_cast<int64_t>(members.size());
+  step.num_prefill_chunks = slice->num_chunks;
+  step.num_prefill_token_layers = slice->token_layers;
+  step.num_prefills_done = static_cast<int64_t>(slice->done.size());
+  for (sched::Sequence* s : members) outputs_->Find(s->id)->prefill_seconds += seconds;
+  if (prefill_->done()) prefill_.reset();
+
   std::vector<sample::SamplerState*> states;
-  std::vector<size_t> rows;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    sched::Sequence* s = seqs[i];
-    Entry& e = EntryOf(s);
-    s->next_position = out->next_positions[i];
-    if (s->num_preemptions == 0 || e.report_final.num_prompt_tokens == 0) {
+  std::vector<int64_t> rows;
+  for (size_t i = 0; i < slice->done.size(); ++i) {
+    const runner::PrefilledSeq& d = slice->done[i];
+    Entry& e = *outputs_->Find(static_cast<RequestId>(d.seq));
+    sched::Sequence& s = e.seq;
+    scheduler_->MarkPrefilled(&s);
+    s.next_position = d.next_position;
+    if (s.num_preemptions == 0 || e.report_final.num_prompt_tokens == 0) {
       e.report_final = e.policy->report();
-      e.report_final.prefill_seconds = seconds;
-      e.report_final.num_kv_tokens_kept = runner_->KvTokens(static_cast<kv::SeqId>(s->id));
-      e.report_final.num_kv_tokens_full = mc.num_layers * s->num_prompt_tokens;
+      e.report_final.prefill_seconds = e.prefill_seconds;
+      e.report_final.num_prefill_slices = d.num_slices;
+      e.report_final.num_kv_tokens_kept = runner_->KvTokens(d.seq);
+      e.report_final.num_kv_tokens_full = mc.num_layers * s.num_prompt_tokens;
       e.report_final.kv_bytes = e.report_final.num_kv_tokens_kept * kv_bytes_per_token_;
     }
-    if (s->output_ids.empty()) {  // a re-admitted sequence replays its outputs instead
+    if (s.output_ids.empty()) {  // a re-admitted sequence replays its outputs instead
       states.push_back(e.sampler.get());
-      rows.push_back(i);
+      rows.push_back(static_cast<int64_t>(i));
     }
   }
   if (states.empty()) return;
-  at::Tensor logits = out->logits.index_select(0, at::tensor(std::vector<int64_t>(rows.begin(), rows.end()), at::kLong));
-  std::vector<sample::SampleResult> results = sample::Sample(logits, states);
-  for (size_t j = 0; j < rows.size(); ++j) Accept(EntryOf(seqs[rows[j]]), results[j]);
+  std::vector<sample::SampleResult> results = sample::Sample(slice->logits.index_select(0, at::tensor(rows, at::kLong)), states);
+  for (size_t j = 0; j < rows.size(); ++j) {
+    outputs_->Accept(*outputs_->Find(static_cast<RequestId>(slice->done[static_cast<size_t>(rows[j])].seq)), results[j]);
+  }
 }
 
 void EngineImpl::RunDecode(const std::vector<sched::Sequence*>& seqs) {
   std::vector<runner::DecodeSeq> batch;
   std::vector<sched::Sequence*> live;
   for (sched::Sequence* s : seqs) {
-    if (entries_.find(s->id) == entries_.end() || s->state != sched::SeqState::kRunning) continue;
+    if (outputs_->Find(s->id) == nullptr || s->state != sched::SeqState::kRunning) continue;
     if (s->num_fed_outputs >= static_cast<int64_t>(s->output_ids.size())) continue;  // nothing to feed
     batch.push_back(runner::DecodeSeq{static_cast<kv::SeqId>(s->id), s->output_ids[s->num_fed_outputs], s->next_position});
     live.push_back(s);
@@ -426,7 +474,7 @@ void EngineImpl::RunDecode(const std::vector<sched::Sequence*>& seqs) {
   StatusOr<at::Tensor> logits = runner_->Decode(batch);
   if (!logits.ok()) {
     ASL_LOG_ERROR("decode of {} sequences failed: {}", live.size(), logits.status().ToString());
-    FailAll(live, logits.status());
+    outputs_->FailAll(live, logits.status());
     return;
   }
   std::vector<sample::SamplerState*> states;
@@ -436,107 +484,19 @@ void EngineImpl::RunDecode(const std::vector<sched::Sequence*>& seqs) {
     s->num_fed_outputs++;
     s->next_position++;
     if (s->num_fed_outputs == static_cast<int64_t>(s->output_ids.size())) {
-      states.push_back(EntryOf(s).sampler.get());
+      states.push_back(outputs_->Find(s->id)->sampler.get());
       rows.push_back(static_cast<int64_t>(i));
     }
   }
   if (states.empty()) return;
   std::vector<sample::SampleResult> results = sample::Sample(logits->index_select(0, at::tensor(rows, at::kLong)), states);
-  for (size_t j = 0; j < rows.size(); ++j) Accept(EntryOf(live[rows[j]]), results[j]);
-}
-
-void EngineImpl::Accept(Entry& e, const sample::SampleResult& r) {
-  sched::Sequence& s = e.seq;
-  const auto now = Clock::now();
-  if (s.output_ids.empty()) s.first_token_time = now;
-  else e.inter_token_seconds.push_back(Seconds(now - s.last_token_time));
-  s.last_token_time = now;
-  s.output_ids.push_back(r.token_id);
-  e.sampler->Observe(r.token_id);
-
-  const SamplingParams& sp = e.request.sampling;
-  bool stop_token = false;
-  if (!sp.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), r.token_id) != eos_ids_.end()) stop_token = true;
-  if (std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), r.token_id) != sp.stop_token_ids.end()) stop_token = true;
-
-  TokenChunk chunk;
-  chunk.token_ids.push_back(r.token_id);
-  if (sp.logprobs > 0) {
-    chunk.sampled_logprobs.push_back(TokenLogprob{r.token_id, r.logprob});
-    chunk.top_logprobs.push_back(r.top_logprobs);
-  }
-  bool stop_string = false;
-  if (!stop_token) {
-    sample::StopMatcher::Result m = e.stop->Push(e.detok->Push(r.token_id));
-    chunk.text = std::move(m.text);
-    if (m.matched) {
-      stop_string = true;
-      e.stop_string = m.stop_string;
-    }
-  }
-  const bool length = static_cast<int64_t>(s.output_ids.size()) >= s.max_tokens ||
-                      s.num_prompt_tokens + static_cast<int64_t>(s.output_ids.size()) >= config_.max_model_len;
-  const bool finishing = stop_token || stop_string || length;
-  if (finishing && !stop_string) {
-    // The detokenizer's tail may still complete a stop string: Flush truncates it then.
-    chunk.text += e.stop->Flush(e.detok->Flush());
-    if (e.stop->matched()) {
-      stop_string = true;
-      e.stop_string = e.stop->stop_string();
-    }
-  }
-  e.sink->OnTokens(chunk);
-  if (finishing) Finish(e, (stop_token || stop_string) ? FinishReason::kStop : FinishReason::kLength);
-}
-
-void EngineImpl::Finish(Entry& e, FinishReason reason, Status status) {
-  sched::Sequence& s = e.seq;
-  const auto now = Clock::now();
-  kv_->FreeSequence(static_cast<kv::SeqId>(s.id));
-  scheduler_->Remove(&s);
-  if (!s.scheduled_once) num_queued_--;
-  s.state = sched::SeqState::kFinished;
-
-  FinishEvent ev;
-  ev.reason = reason;
-  ev.status = reason == FinishReason::kError || reason == FinishReason::kAbort ? status : Status::Ok();
-  ev.stop_string = e.stop_string;
-  ev.usage.prompt_tokens = s.num_prompt_tokens;
-  ev.usage.completion_tokens = static_cast<int64_t>(s.output_ids.size());
-  ev.usage.kv_tokens_kept = e.report_final.num_kv_tokens_kept;
-  ev.timings.queue_seconds = s.scheduled_once ? Seconds(s.first_scheduled_time - s.arrival_time) : Seconds(now - s.arrival_time);
-  ev.timings.ttft_seconds = s.output_ids.empty() ? 0.0 : Seconds(s.first_token_time - s.arrival_time);
-  ev.timings.e2e_seconds = Seconds(now - s.arrival_time);
-  if (s.output_ids.size() > 1) {
-    ev.timings.mean_tpot_seconds = Seconds(s.last_token_time - s.first_token_time) / static_cast<double>(s.output_ids.size() - 1);
-  }
-  ev.timings.inter_token_seconds = std::move(e.inter_token_seconds);
-  ev.pruning = e.report_final;
-  ev.pruning.policy = e.request.pruning.policy;
-  ev.num_preemptions = s.num_preemptions;
-  ASL_LOG_DEBUG("request {} ({}) finished: {} prompt + {} output tokens, policy {}, selection {} {}, kv kept {}/{}, "
-               "ttft {:.3f}s, e2e {:.3f}s, reason {}{}",
-               s.id, e.request.client_id, s.num_prompt_tokens, s.output_ids.size(), PolicyName(e.request.pruning.policy),
-               SelectionOutcomeName(ev.pruning.outcome), ev.pruning.selection_layer, ev.pruning.num_kv_tokens_kept,
-               ev.pruning.num_kv_tokens_full, ev.timings.ttft_seconds, ev.timings.e2e_seconds, FinishReasonName(reason),
-               status.ok() ? "" : " (" + status.message() + ")");
-  if (metrics_) metrics_->OnRequestFinished(e.request, ev);
-  e.sink->OnFinish(ev);
-  entries_.erase(s.id);  // destroys e
-}
-
-void EngineImpl::FailAll(const std::vector<sched::Sequence*>& seqs, const Status& status) {
-  std::vector<RequestId> ids;
-  for (sched::Sequence* s : seqs) ids.push_back(s->id);
-  for (RequestId id : ids) {
-    auto it = entries_.find(id);
-    if (it != entries_.end()) Finish(*it->second, FinishReason::kError, Internal("request " + std::to_string(id) + ": " + status.message()));
-  }
+  for (size_t j = 0; j < rows.size(); ++j) outputs_->Accept(*outputs_->Find(live[static_cast<size_t>(rows[j])]->id), results[j]);
 }
 
 void EngineImpl::PublishStats() {
   EngineStats st;
   st.num_running = static_cast<int64_t>(scheduler_->num_running());
+  st.num_prefilling = static_cast<int64_t>(scheduler_->num_prefilling());
   st.num_waiting = static_cast<int64_t>(scheduler_->num_waiting());
   st.kv_blocks_total = pool_->num_blocks_total();
   st.kv_blocks_used = pool_->num_blocks_used();

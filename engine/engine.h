@@ -25,7 +25,14 @@ struct EngineConfig {
   int block_size = 16;             // tokens per KV block
   int max_num_seqs = 64;           // running sequences at once
   int max_waiting = 256;           // waiting queue limit: beyond it Submit fails RESOURCE_EXHAUSTED
-  int max_prefill_tokens = 8192;   // prompt tokens prefilled per engine step
+  int max_prefill_tokens = 8192;   // prompt tokens admitted into one prefill batch
+  // Estimated prefill work per engine step, in token-layers (runner::PrefillCostModel): each step
+  // runs one decode token for every running sequence, then whole layers of the prefill in flight
+  // while their cost fits (at least one). 0 = every prefill runs whole in one step.
+  double step_prefill_budget = 0;
+  // Rows of the prefill batch one chunk of a layer computes: the smallest slice, which bounds a
+  // step's prefill time whatever the prompt's length. 0 = whole layers.
+  int prefill_chunk_rows = 512;
   // Admission (engine/sched/scheduler.h): false reserves each request's lifetime blocks (prompt KV
   // after pruning + max_tokens), so nothing is preempted; true admits by the prompt's blocks only
   // and preempts (recompute) when decode runs out.
@@ -55,7 +62,8 @@ struct ModelInfo {
 
 // A snapshot for metrics and health; cheap, thread-safe.
 struct EngineStats {
-  int64_t num_running = 0;
+  int64_t num_running = 0;         // prefilling or decoding
+  int64_t num_prefilling = 0;      // of which admitted and not yet prefilled
   int64_t num_waiting = 0;
   int64_t kv_blocks_total = 0;
   int64_t kv_blocks_used = 0;
@@ -64,13 +72,24 @@ struct EngineStats {
   int64_t device_memory_allocated = 0;  // CUDA only; 0 on CPU
 };
 
+// What one engine step did: a decode token for every running sequence, then a prefill slice.
+struct StepStats {
+  double decode_seconds = 0;           // 0 when nothing decoded
+  double prefill_seconds = 0;          // the slice's wall time; 0 when no prefill ran
+  int64_t num_decode_seqs = 0;
+  int64_t num_prefill_seqs = 0;        // sequences in the prefill batch the slice advanced
+  int num_prefill_chunks = 0;          // chunks of layers the slice ran
+  int64_t num_prefill_token_layers = 0;  // rows those layers computed
+  int64_t num_prefills_done = 0;       // sequences whose prefill completed in this step
+};
+
 // Implemented by the server (prometheus-cpp). Called on the engine thread, once per event; must not
 // block.
 class EngineMetrics {
  public:
   virtual ~EngineMetrics() = default;
   virtual void OnRequestFinished(const GenerateRequest& request, const FinishEvent& event) = 0;
-  virtual void OnStep(const EngineStats& stats, int64_t num_prefill_tokens, int64_t num_decode_tokens) = 0;
+  virtual void OnStep(const EngineStats& stats, const StepStats& step) = 0;
   virtual void OnPreemption() = 0;
 };
 

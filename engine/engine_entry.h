@@ -19,11 +19,14 @@ struct Entry {
   sched::Sequence seq;
   GenerateRequest request;
   std::shared_ptr<RequestSink> sink;
-  std::unique_ptr<prune::PruningPolicy> policy;    // recreated at every (re-)admission
+  // Recreated at every (re-)admission; the prefill in flight points to it until the sequence
+  // leaves the prefill.
+  std::unique_ptr<prune::PruningPolicy> policy;
   std::unique_ptr<sample::SamplerState> sampler;   // kept across preemption (seeded draws continue)
   std::unique_ptr<tok::IncrementalDecoder> detok;
   std::unique_ptr<sample::StopMatcher> stop;
   PruningReport report_final;                      // from the first prefill
+  double prefill_seconds = 0;                      // of the prefill in flight, summed over its slices
   std::string stop_string;
   std::vector<double> inter_token_seconds;
 };

@@ -100,10 +100,14 @@ struct PruningReport {
   int64_t num_kv_tokens_kept = 0;    // Σ over layers of tokens stored per KV head after prefill
   int64_t num_kv_tokens_full = 0;    // what full KV would have stored: L * prompt
   int64_t kv_bytes = 0;              // bytes held for the prompt's KV after prefill
+  // Wall time of the prefill slices this request took part in (shared with its batch-mates; the
+  // decode steps between slices are not counted: TTFT has them).
   double prefill_seconds = 0.0;
   // Prefill compute of this request alone, machine-independent: Σ over layers (and both passes of
   // a two-pass policy) of the tokens the layer ran on; full = L * prompt.
   int64_t prefill_token_layers = 0;
+  // Engine steps the prefill took (layer-sliced prefill: one slice of whole layers per step).
+  int num_prefill_slices = 0;
   std::vector<double> variance_ratios;  // ASL: ratio per evaluated layer, from L_min on
   std::vector<int64_t> selected_positions;  // original positions of the propagated tokens (if cut)
 };

@@ -49,7 +49,7 @@ class ServerMetrics final : public EngineMetrics {
 
   // EngineMetrics (engine thread).
   void OnRequestFinished(const GenerateRequest& request, const FinishEvent& event) override;
-  void OnStep(const EngineStats& stats, int64_t num_prefill_tokens, int64_t num_decode_tokens) override;
+  void OnStep(const EngineStats& stats, const StepStats& step) override;
   void OnPreemption() override;
 
   // The text exposition of every metric (what GET /metrics returns); for tests and debugging.

@@ -315,6 +315,7 @@ void FillComplete(const FinishEvent& ev, bool detailed, v1::GenerateComplete* ou
   p->set_kv_bytes(r.kv_bytes);
   p->set_prefill_seconds(r.prefill_seconds);
   p->set_prefill_token_layers(r.prefill_token_layers);
+  p->set_num_prefill_slices(r.num_prefill_slices);
   if (detailed) {
     for (double v : r.variance_ratios) p->add_variance_ratios(v);
     for (int64_t pos : r.selected_positions) p->add_selected_positions(pos);

@@ -26,6 +26,9 @@ void CommonOptions::Register(CLI::App* app) {
   app->add_option("--threads", threads, "intra-op threads (0 = all cores)")->capture_default_str();
   app->add_option("--kv-cache", kv_cache, "KV pool size, e.g. 512MiB, 2GiB")->capture_default_str();
   app->add_option("--block-size", block_size, "tokens per KV block")->capture_default_str();
+  app->add_option("--step-prefill-budget", step_prefill_budget,
+                  "prefill work per engine step in token-layers (0 = each prefill in one step)")
+      ->capture_default_str();
   app->add_option("--admission", admission, "scheduler admission: reserve (lifetime blocks, no preemption) or optimistic")
       ->check(CLI::IsMember({"reserve", "optimistic"}))
       ->capture_default_str();
@@ -77,6 +80,7 @@ EngineConfig CommonOptions::ToEngineConfig() const {
   c.num_threads = threads;
   c.kv_cache_bytes = ParseBytes(kv_cache);
   c.block_size = block_size;
+  c.step_prefill_budget = step_prefill_budget;
   c.optimistic_admission = admission == "optimistic";
   c.default_pruning = pruning;
   return c;
@@ -152,6 +156,7 @@ json PruningJson(const PruningReport& r) {
               {"kv_bytes", r.kv_bytes},
               {"prefill_seconds", r.prefill_seconds},
               {"prefill_token_layers", r.prefill_token_layers},
+              {"prefill_slices", r.num_prefill_slices},
               {"variance_ratios", r.variance_ratios},
               {"selected_positions", r.selected_positions}};
 }
@@ -208,6 +213,7 @@ int RunLogits(CommonOptions& o, const PromptOptions& p, bool json_out) {
   at::Tensor row = out->logits[0].contiguous();
   std::vector<float> logits(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
   PruningReport report = policy.report();
+  report.num_prefill_slices = out->num_slices;
   report.num_kv_tokens_kept = runner.KvTokens(1);
   report.num_kv_tokens_full = mc.num_layers * static_cast<int64_t>(ids->size());
   if (json_out) {

@@ -21,6 +21,7 @@ struct CommonOptions {
   int threads = 0;
   std::string kv_cache = "1GiB";
   int block_size = 16;
+  double step_prefill_budget = EngineConfig{}.step_prefill_budget;
   std::string log_level = "warn";
   std::string policy = "full";
   std::string pooling = "avg";

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "engine/prune/policy.h"
+#include "engine/sched/block_accounting.h"
 #include "tools/cli_common.h"
 
 namespace asl::cli {
@@ -108,8 +109,11 @@ int RunThroughput(CommonOptions& o, const ThroughputOptions& t) {
     const ModelInfo& info = engine->model_info();
     PruningParams resolved = opts.pruning;
     if (!ResolvePruningParams(&resolved, static_cast<int>(info.num_layers)).ok()) return fail(InvalidArgument("bad pruning"));
-    const int64_t admission = prune::PromptKvBlocksUpperBound(resolved, static_cast<int>(info.num_layers), t.prompt_tokens,
-                                                              static_cast<int>(info.kv_block_size)) + info.num_layers;
+    const sched::BlockAccounting accounting(static_cast<int>(info.num_layers), static_cast<int>(info.kv_block_size),
+                                            /*pool=*/nullptr);
+    const int64_t admission =
+        accounting.Bounds(prune::KvTokensUpperBounds(resolved, static_cast<int>(info.num_layers), t.prompt_tokens), 0)
+            .prompt + info.num_layers;
     for (int c : ParseList(t.concurrency)) {
       std::mutex mu;
       std::condition_variable cv;

@@ -148,10 +148,10 @@ int64_t KvTokensUpperBound(const PruningParams& p, int layer, int64_t n) {
   return n;
 }
 
-int64_t PromptKvBlocksUpperBound(const PruningParams& p, int num_layers, int64_t n, int block_size) {
-  int64_t blocks = 0;
-  for (int l = 0; l < num_layers; ++l) blocks += (KvTokensUpperBound(p, l, n) + block_size - 1) / block_size;
-  return blocks;
+std::vector<int64_t> KvTokensUpperBounds(const PruningParams& p, int num_layers, int64_t n) {
+  std::vector<int64_t> tokens;
+  for (int l = 0; l < num_layers; ++l) tokens.push_back(KvTokensUpperBound(p, l, n));
+  return tokens;
 }
 
 }  // namespace asl::prune

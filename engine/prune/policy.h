@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include "engine/prune/scoring.h"
 #include "engine/request.h"
@@ -75,7 +76,6 @@ namespace asl::prune {
 // Upper bound of the KV tokens one layer of a request stores after its prefill, given its
 // resolved policy (asl-method.md §5, §7). The scheduler admits by this.
 int64_t KvTokensUpperBound(const PruningParams& params, int layer, int64_t num_prompt_tokens);
-// Σ over layers of ceil(KvTokensUpperBound / block_size).
-int64_t PromptKvBlocksUpperBound(const PruningParams& params, int num_layers, int64_t num_prompt_tokens,
-                                 int block_size);
+// KvTokensUpperBound of every layer (what sched::BlockAccounting::Bounds takes).
+std::vector<int64_t> KvTokensUpperBounds(const PruningParams& params, int num_layers, int64_t num_prompt_tokens);
 }  // namespace asl::prune

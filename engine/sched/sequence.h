@@ -13,7 +13,9 @@ namespace asl::sched {
 
 using Clock = std::chrono::steady_clock;
 
-enum class SeqState { kWaiting, kRunning, kFinished };
+// kWaiting: queued (or preempted). kPrefilling: admitted, its prefill in flight (it may take several
+// engine steps). kRunning: prefilled, decoding one token per step. kFinished: done.
+enum class SeqState { kWaiting, kPrefilling, kRunning, kFinished };
 
 struct Sequence {
   RequestId id = 0;
@@ -28,6 +30,7 @@ struct Sequence {
   // re-admitted (preempted) sequence replays its outputs this way before sampling again.
   int64_t num_fed_outputs = 0;
   int64_t next_position = 0;           // logical position of the next fed token
+  // Block bounds from BlockAccounting::Bounds at Submit.
   int64_t admission_blocks = 0;        // upper bound of the prompt's KV blocks after pruning
   int64_t lifetime_blocks = 0;         // upper bound of all its blocks: prompt after pruning + max_tokens
   uint64_t arrival_seq = 0;            // FIFO order of arrival

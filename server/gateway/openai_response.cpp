@@ -117,7 +117,8 @@ json AslJson(const std::string& request_id, const v1::GenerateComplete& complete
                   {"num_kv_tokens_full", p.num_kv_tokens_full()},
                   {"kv_bytes", p.kv_bytes()},
                   {"prefill_seconds", p.prefill_seconds()},
-                  {"prefill_token_layers", p.prefill_token_layers()}};
+                  {"prefill_token_layers", p.prefill_token_layers()},
+                  {"num_prefill_slices", p.num_prefill_slices()}};
   if (p.variance_ratios_size() > 0) pruning["variance_ratios"] = json(p.variance_ratios());
   if (p.selected_positions_size() > 0) pruning["selected_positions"] = json(p.selected_positions());
   const v1::Timings& t = complete.timings();

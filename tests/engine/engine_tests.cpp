@@ -1,6 +1,8 @@
 // The engine end to end on the default model: continuous batching gives every request exactly what
 // it gets alone (also under preemption), cancellation frees every block, seeded sampling is
-// reproducible in a batch, and bad requests are refused with the field named.
+// reproducible in a batch, and bad requests are refused with the field named. A long prompt's
+// layer-sliced prefill lets running streams decode between its slices, and a prefill that ends
+// half-way (cancel, shutdown, preemption) frees everything.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -8,6 +10,7 @@
 #include <filesystem>
 #include <mutex>
 #include <thread>
+#include <algorithm>
 
 #include "engine/common/log_sink.h"
 #include "engine/engine.h"
@@ -142,6 +145,181 @@ TEST_F(EngineTest, PreemptionByRecomputeFinishesCorrectly) {
   EXPECT_GT(preempted, 0) << "the pool was meant to force preemption";
   EXPECT_GT((*engine)->Stats().num_preemptions, 0);
   EXPECT_EQ((*engine)->Stats().kv_blocks_used, 0);
+}
+
+// ---- layer-sliced prefill: streams keep flowing, and every way a half-done prefill can end ----
+
+// Logs which stream each token went to, in the order the engine thread delivered them.
+struct EventLog {
+  std::mutex mu;
+  std::vector<int> events;  // stream tag per token chunk; -1 marks a point of the test
+  void Add(int tag) {
+    std::lock_guard<std::mutex> lock(mu);
+    events.push_back(tag);
+  }
+  // Tokens of `tag` after the marker and before the first token of `until`.
+  int Between(int tag, int until) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto mark = std::find(events.begin(), events.end(), -1);
+    auto end = std::find(mark, events.end(), until);
+    return static_cast<int>(std::count(mark, end, tag));
+  }
+};
+
+class Logged : public Collect {
+ public:
+  Logged(int tag, EventLog* log) : tag_(tag), log_(log) {}
+  void OnTokens(const TokenChunk& c) override {
+    log_->Add(tag_);
+    Collect::OnTokens(c);
+  }
+
+ private:
+  int tag_;
+  EventLog* log_;
+};
+
+// One layer of the prefill in flight per step, whatever the prompt.
+EngineConfig LayerPerStep(int64_t kv_bytes) {
+  EngineConfig c = Config(kv_bytes);
+  c.step_prefill_budget = 1e-9;
+  return c;
+}
+
+template <typename Pred>
+bool Eventually(Pred pred) {
+  for (int i = 0; i < 60000 && !pred(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return pred();
+}
+
+TEST_F(EngineTest, DecodeKeepsFlowingWhileALongPromptPrefills) {
+  const GenerateRequest longer = Request(Prompt(1200, 21), PolicyKind::kAsl, 3);
+  const std::vector<TokenId> alone = RunAlone(longer);
+  // Sliced (one layer per step) and in one step, the setting the slicing replaces.
+  for (double budget : {1e-9, 0.0}) {
+    SCOPED_TRACE("step_prefill_budget " + std::to_string(budget));
+    EngineConfig c = Config(256 << 20);
+    c.step_prefill_budget = budget;
+    auto engine = Engine::Create(c);
+    ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+    EventLog log;
+    auto stream = std::make_shared<Logged>(0, &log);
+    auto stream_id = (*engine)->Submit(Request(Prompt(20, 22), PolicyKind::kFull, 400), stream);
+    ASSERT_TRUE(stream_id.ok());
+    stream->WaitTokens(2);
+    log.Add(-1);
+    auto big = std::make_shared<Logged>(1, &log);
+    ASSERT_TRUE((*engine)->Submit(longer, big).ok());
+    big->Wait();
+    (*engine)->Cancel(*stream_id);
+    stream->Wait();
+    EXPECT_EQ(big->ids, alone);
+    const int slices = big->finish.pruning.num_prefill_slices;
+    const int stream_tokens = log.Between(0, 1);
+    if (budget > 0) {
+      // 30 layers, at most one per step; a second pass (none here) would add more.
+      EXPECT_EQ(slices, 30);
+      // Every step decoded the running stream before its slice: a token per slice at least.
+      EXPECT_GE(stream_tokens, slices);
+    } else {
+      EXPECT_EQ(slices, 1);
+      EXPECT_GE(stream_tokens, 1);
+    }
+  }
+}
+
+TEST_F(EngineTest, CancelMidPrefillFreesEveryBlock) {
+  auto engine = Engine::Create(LayerPerStep(256 << 20));
+  ASSERT_TRUE(engine.ok());
+  EventLog log;
+  auto stream = std::make_shared<Logged>(0, &log);
+  auto stream_id = (*engine)->Submit(Request(Prompt(20, 23), PolicyKind::kFull, 400), stream);
+  ASSERT_TRUE(stream_id.ok());
+  stream->WaitTokens(2);
+  auto big = std::make_shared<Logged>(1, &log);
+  auto big_id = (*engine)->Submit(Request(Prompt(1500, 24), PolicyKind::kSnapKv, 5), big);
+  ASSERT_TRUE(big_id.ok());
+  ASSERT_TRUE(Eventually([&] { return (*engine)->Stats().num_prefilling == 1; }));
+  // A few more decode steps: a few slices of its 30 have run and written KV.
+  const size_t seen = stream->ids.size();
+  stream->WaitTokens(seen + 3);
+  (*engine)->Cancel(*big_id);
+  big->Wait();
+  EXPECT_EQ(big->finish.reason, FinishReason::kCancelled);
+  EXPECT_TRUE(big->ids.empty()) << "the cancel was meant to land mid-prefill";
+  // The running stream carries on.
+  const size_t after = stream->ids.size();
+  stream->WaitTokens(after + 3);
+  EXPECT_FALSE(stream->done);
+  (*engine)->Cancel(*stream_id);
+  stream->Wait();
+  EXPECT_TRUE(Eventually([&] { return (*engine)->Stats().kv_blocks_used == 0; }));
+  EXPECT_EQ((*engine)->Stats().num_running, 0);
+  EXPECT_EQ((*engine)->Stats().num_prefilling, 0);
+}
+
+TEST_F(EngineTest, ShutdownMidPrefillAbortsAndFreesEveryBlock) {
+  auto engine = Engine::Create(LayerPerStep(256 << 20));
+  ASSERT_TRUE(engine.ok());
+  auto big = std::make_shared<Collect>();
+  ASSERT_TRUE((*engine)->Submit(Request(Prompt(1500, 25), PolicyKind::kGemFilter, 5), big).ok());
+  ASSERT_TRUE(Eventually([&] { return (*engine)->Stats().num_prefilling == 1; }));
+  (*engine)->Shutdown(false, std::chrono::milliseconds(0));
+  big->Wait();
+  EXPECT_EQ(big->finish.reason, FinishReason::kAbort);
+  EXPECT_TRUE(big->ids.empty());
+  EXPECT_EQ((*engine)->Stats().kv_blocks_used, 0);
+  EXPECT_EQ((*engine)->Stats().num_running, 0);
+}
+
+// Optimistic admission: a decoding request grows while a later one is mid-prefill, so the later
+// one is preempted in mid-prefill (its max_tokens is 1: it can only ever be preempted before its
+// first token), recomputed once the pool allows, and still gets exactly what it gets alone. With
+// reserve admission the pool is never over-committed and nothing is preempted.
+TEST_F(EngineTest, PreemptionInMidPrefillRecomputesCorrectly) {
+  // Block size 1: the decoding request claims 30 blocks (one per layer) every step. Blocks of
+  // 1536 bytes (K and V, 3 KV heads x 64 dims, float32). A holds 30 x 160 after its prefill;
+  // B's prefill (asl_2pass: pass 1 stores nothing, pass 2 keeps select_k = 64 per layer) claims
+  // 30 x 64. The pool fits both admissions exactly, then two of A's decode steps leave B's claim
+  // no room.
+  const int64_t blocks = 30 * 160 + 30 * 64 + 60;
+  GenerateRequest a = Request(Prompt(160, 26), PolicyKind::kFull, 40);
+  GenerateRequest b = Request(Prompt(300, 27), PolicyKind::kAsl2Pass, 1);
+  b.pruning.select_k = 64;
+  b.pruning.tau = 1e-30;  // never reached: pass 1 runs every layer, pass 2 all of them again
+  for (bool optimistic : {true, false}) {
+    SCOPED_TRACE(optimistic ? "optimistic" : "reserve");
+    EngineConfig c = LayerPerStep(blocks * 1536);
+    c.block_size = 1;
+    c.optimistic_admission = optimistic;
+    auto run_alone = [&](const GenerateRequest& r) {
+      auto engine = Engine::Create(c);
+      EXPECT_TRUE(engine.ok());
+      auto sink = std::make_shared<Collect>();
+      EXPECT_TRUE((*engine)->Submit(r, sink).ok());
+      sink->Wait();
+      return sink->ids;
+    };
+    auto engine = Engine::Create(c);
+    ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+    ASSERT_EQ((*engine)->model_info().kv_blocks_total, blocks);
+    auto sa = std::make_shared<Collect>(), sb = std::make_shared<Collect>();
+    ASSERT_TRUE((*engine)->Submit(a, sa).ok());
+    ASSERT_TRUE((*engine)->Submit(b, sb).ok());
+    sa->Wait();
+    sb->Wait();
+    EXPECT_EQ(sa->finish.reason, FinishReason::kLength);
+    EXPECT_EQ(sb->finish.reason, FinishReason::kLength) << sb->finish.status.ToString();
+    EXPECT_EQ(sa->ids, run_alone(a));
+    EXPECT_EQ(sb->ids, run_alone(b));
+    EXPECT_EQ(sa->finish.num_preemptions, 0);
+    if (optimistic) {
+      EXPECT_GE(sb->finish.num_preemptions, 1) << "B was meant to be preempted in mid-prefill";
+    } else {
+      EXPECT_EQ(sb->finish.num_preemptions, 0);
+    }
+    EXPECT_TRUE(Eventually([&] { return (*engine)->Stats().kv_blocks_used == 0; }));
+  }
 }
 
 TEST_F(EngineTest, CancelMidStreamFreesEveryBlock) {

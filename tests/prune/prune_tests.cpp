@@ -1,5 +1,5 @@
-// Pruning maths on crafted scores and small random tensors (asl-method.md §1-§7), and the
-// scheduler's admission/preemption decisions on tiny configurations.
+// Pruning maths on crafted scores and small random tensors (asl-method.md §1-§7). The scheduler's
+// and the block accounting's decisions are in scheduler_tests.cpp.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 
 #include "engine/prune/policy.h"
 #include "engine/prune/scoring.h"
-#include "engine/sched/scheduler.h"
+#include "engine/sched/block_accounting.h"
 
 namespace asl {
 namespace {
@@ -228,119 +228,14 @@ TEST(KvUpperBound, PerPolicy) {
   p.obs_layers = 1;
   p.policy = PolicyKind::kFull;
   ASSERT_TRUE(ResolvePruningParams(&p, 4).ok());
-  EXPECT_EQ(prune::PromptKvBlocksUpperBound(p, 4, 100, 16), 4 * 7);
+  const sched::BlockAccounting blocks(/*num_layers=*/4, /*block_size=*/16, /*pool=*/nullptr);
+  auto prompt_blocks = [&](int64_t n) { return blocks.Bounds(prune::KvTokensUpperBounds(p, 4, n), 0).prompt; };
+  EXPECT_EQ(prompt_blocks(100), 4 * 7);
   p.policy = PolicyKind::kSnapKv;
-  EXPECT_EQ(prune::PromptKvBlocksUpperBound(p, 4, 100, 16), 4 * 3);
+  EXPECT_EQ(prompt_blocks(100), 4 * 3);
   p.policy = PolicyKind::kGemFilter;
-  EXPECT_EQ(prune::PromptKvBlocksUpperBound(p, 4, 100, 16), 4 * 4);
-  EXPECT_EQ(prune::PromptKvBlocksUpperBound(p, 4, 10, 16), 4 * 1);
-}
-
-// ---- scheduler ---------------------------------------------------------------------------------
-
-struct FakeBlocks : sched::BlockFacts {
-  int64_t free = 0;
-  int64_t total = int64_t{1} << 40;
-  std::map<RequestId, int64_t> next;  // blocks each sequence needs for its next token
-  int64_t num_free_blocks() const override { return free; }
-  int64_t num_total_blocks() const override { return total; }
-  int64_t BlocksForNextToken(const sched::Sequence& s) const override {
-    auto it = next.find(s.id);
-    return it == next.end() ? 0 : it->second;
-  }
-};
-
-sched::Sequence MakeSeq(RequestId id, int64_t prompt, int64_t blocks) {
-  sched::Sequence s;
-  s.id = id;
-  s.arrival_seq = id;
-  s.num_prompt_tokens = prompt;
-  s.admission_blocks = blocks;
-  return s;
-}
-
-TEST(Scheduler, AdmitsByPostPruningBlocksInArrivalOrder) {
-  sched::Scheduler sch({/*max_num_seqs=*/8, /*max_prefill_tokens=*/100000, /*num_layers=*/2});
-  auto a = MakeSeq(1, 4000, 10), b = MakeSeq(2, 4000, 10), c = MakeSeq(3, 4000, 10);
-  sch.AddWaiting(&a);
-  sch.AddWaiting(&b);
-  sch.AddWaiting(&c);
-  FakeBlocks blocks;
-  blocks.free = 25;  // (10 + 2) * 2 = 24 fit, the third does not
-  sched::StepPlan plan = sch.Schedule(blocks);
-  ASSERT_EQ(plan.prefill.size(), 2u);
-  EXPECT_EQ(plan.prefill[0]->id, 1u);
-  EXPECT_EQ(plan.prefill[1]->id, 2u);
-  EXPECT_TRUE(plan.decode.empty());
-  EXPECT_EQ(sch.num_waiting(), 1u);
-}
-
-TEST(Scheduler, PreemptsLatestArrivalWhenDecodeDoesNotFit) {
-  sched::Scheduler sch({8, 100000, 2});
-  auto a = MakeSeq(1, 10, 1), b = MakeSeq(2, 10, 1), c = MakeSeq(3, 10, 1);
-  for (auto* s : {&a, &b, &c}) sch.AddWaiting(s);
-  FakeBlocks blocks;
-  blocks.free = 100;
-  ASSERT_EQ(sch.Schedule(blocks).prefill.size(), 3u);
-  blocks.free = 4;
-  blocks.next = {{1, 2}, {2, 2}, {3, 2}};
-  sched::StepPlan plan = sch.Schedule(blocks);
-  ASSERT_EQ(plan.preempted.size(), 1u);
-  EXPECT_EQ(plan.preempted[0]->id, 3u);
-  EXPECT_EQ(plan.decode.size(), 2u);
-  EXPECT_EQ(sch.waiting().front()->id, 3u);
-  EXPECT_EQ(c.num_preemptions, 1);
-}
-
-TEST(Scheduler, ReserveAdmitsByLifetimeOptimisticByPrompt) {
-  // Prompt KV 10 blocks each (+2 headroom over 2 layers), lifetime 40 (max_tokens included); pool of
-  // 100 blocks, all free.
-  for (auto mode : {sched::AdmissionMode::kReserve, sched::AdmissionMode::kOptimistic}) {
-    sched::Scheduler sch({8, 100000, 2, 16, mode});
-    auto a = MakeSeq(1, 400, 10), b = MakeSeq(2, 400, 10), c = MakeSeq(3, 400, 10);
-    for (auto* s : {&a, &b, &c}) {
-      s->lifetime_blocks = 40;
-      sch.AddWaiting(s);
-    }
-    FakeBlocks blocks;
-    blocks.free = blocks.total = 100;
-    sched::StepPlan plan = sch.Schedule(blocks);
-    if (mode == sched::AdmissionMode::kReserve) {
-      ASSERT_EQ(plan.prefill.size(), 2u);  // 40 + 40 reserved; a third would need 120
-      // Later steps: the running pair holds few blocks yet (free 90), but their reservations stand.
-      blocks.free = 90;
-      EXPECT_TRUE(sch.Schedule(blocks).prefill.empty());
-      sch.Remove(&a);  // one finishes: its reservation is released
-      EXPECT_EQ(sch.Schedule(blocks).prefill.size(), 1u);
-    } else {
-      EXPECT_EQ(plan.prefill.size(), 3u);  // 3 x 12 blocks fit the free 100 now
-    }
-  }
-}
-
-TEST(Scheduler, PrefillTokenBudgetAdmitsAtLeastOne) {
-  sched::Scheduler sch({8, /*max_prefill_tokens=*/100, 1});
-  auto a = MakeSeq(1, 500, 1), b = MakeSeq(2, 50, 1);
-  sch.AddWaiting(&a);
-  sch.AddWaiting(&b);
-  FakeBlocks blocks;
-  blocks.free = 100;
-  EXPECT_EQ(sch.Schedule(blocks).prefill.size(), 1u);
-  EXPECT_EQ(sch.Schedule(blocks).prefill.size(), 1u);
-}
-
-TEST(Scheduler, IdenticalPromptsChargeThePrefillBudgetOnce) {
-  // The runner computes identical prompts of one step once, so three copies of a 60-token prompt
-  // cost 60 of the 100-token budget; a different 60-token prompt (other hash) does not fit beside.
-  sched::Scheduler sch({8, /*max_prefill_tokens=*/100, 1});
-  auto a = MakeSeq(1, 60, 1), b = MakeSeq(2, 60, 1), c = MakeSeq(3, 60, 1), d = MakeSeq(4, 60, 1);
-  a.prompt_hash = b.prompt_hash = c.prompt_hash = 7;
-  d.prompt_hash = 8;
-  for (auto* s : {&a, &b, &c, &d}) sch.AddWaiting(s);
-  FakeBlocks blocks;
-  blocks.free = 100;
-  EXPECT_EQ(sch.Schedule(blocks).prefill.size(), 3u);
-  EXPECT_EQ(sch.Schedule(blocks).prefill.size(), 1u);
+  EXPECT_EQ(prompt_blocks(100), 4 * 4);
+  EXPECT_EQ(prompt_blocks(10), 4 * 1);
 }
 
 }  // namespace

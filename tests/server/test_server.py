@@ -302,6 +302,23 @@ def test_deadline_frees_blocks(server):
     assert_still_serving(server)
 
 
+def test_deadline_mid_prefill_frees_blocks(server):
+    # ~2200 tokens: a prefill of many slices (scheduler.step_prefill_budget), far longer than the
+    # deadline, so the deadline lands while the prefill is half done.
+    prompt = long_prompt(lines=88)
+    n = len(server.stub.Tokenize(pb.TokenizeRequest(text=prompt), timeout=10).token_ids)
+    assert 2000 < n <= 2500
+    before = metrics(server)
+    with pytest.raises(grpc.RpcError) as e:
+        generate(server.stub, prompt=prompt, sampling=greedy(4, ignore_eos=True), timeout=1.0)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    m = wait_blocks_free(server)
+    assert sample(m, "asl_requests_prefilling", "asl_requests_prefilling") == 0
+    assert sample(m, "asl_requests", "asl_requests_total", status="cancelled") == \
+        sample(before, "asl_requests", "asl_requests_total", status="cancelled") + 1
+    assert_still_serving(server)
+
+
 def test_32_concurrent_streams(server):
     n, results, errors = 32, {}, []
 
@@ -411,6 +428,7 @@ ALL_METRICS = [
     "asl_kv_blocks_used", "asl_kv_cache_usage_ratio", "asl_kv_cache_bytes_used",
     "asl_process_resident_memory_bytes", "asl_device_memory_allocated_bytes", "asl_requests_running",
     "asl_requests_waiting", "asl_requests", "asl_prompt_tokens", "asl_generation_tokens", "asl_preemptions",
+    "asl_request_prefill_slices", "asl_step_seconds", "asl_prefill_token_layers", "asl_requests_prefilling",
 ]
 VLLM_TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                      20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
@@ -463,6 +481,17 @@ def test_metrics_parse_and_move(server):
     assert delta("asl_pruned_prompt_tokens", "asl_pruned_prompt_tokens_total", policy="asl") == \
         c.usage.prompt_tokens - 128
     assert delta("asl_kv_kept_ratio", "asl_kv_kept_ratio_count", policy="asl") == 1
+    # Layer-sliced prefill: every request reports its slices; steps are timed by stage.
+    assert c.pruning.num_prefill_slices >= 1
+    assert delta("asl_request_prefill_slices", "asl_request_prefill_slices_count") == n_requests + 1
+    assert delta("asl_request_prefill_slices", "asl_request_prefill_slices_sum", policy="asl") == \
+        c.pruning.num_prefill_slices
+    step = "asl_step_seconds"
+    assert delta(step, step + "_count", stage="prefill") >= n_requests + 1
+    assert delta(step, step + "_count", stage="decode") >= n_requests * 3 + 1
+    assert delta(step, step + "_sum", stage="prefill") > 0
+    assert delta("asl_prefill_token_layers", "asl_prefill_token_layers_total") >= c.pruning.prefill_token_layers
+    assert sample(after, "asl_requests_prefilling", "asl_requests_prefilling") == 0
 
 
 # ---- validation -----------------------------------------------------------------------------------
