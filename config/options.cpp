@@ -10,6 +10,7 @@
 #include <limits>
 #include <optional>
 #include <type_traits>
+#include <variant>
 
 namespace asl::config {
 namespace {
@@ -134,19 +135,38 @@ auto OneOf(std::vector<std::string> allowed) {
   };
 }
 
-std::string Join(const std::vector<std::string>& v, const char* sep) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
-  return out;
-}
-
-std::vector<std::string> PolicyNames() {
-  std::vector<std::string> out;
-  for (PolicyKind p : {PolicyKind::kFull, PolicyKind::kSnapKv, PolicyKind::kFastKv, PolicyKind::kGemFilter,
-                       PolicyKind::kAsl, PolicyKind::kAsl2Pass}) {
-    out.emplace_back(PolicyName(p));
-  }
-  return out;
+// `pruning.<name>` of a knob of engine/common/pruning_knobs.h: numbers in [knob.min, max] (a
+// double: (knob.min, max)), policy and pooling by their names.
+Option PruningOption(const PruningKnob& knob) {
+  const std::string key = std::string("pruning.") + knob.name;
+  return std::visit(
+      [&](auto member) {
+        using T = KnobValueT<decltype(member)>;
+        auto field = [member](auto* c) { return &(c->engine.default_pruning.*member); };
+        if constexpr (std::is_same_v<T, int>) {
+          return IntOption(key, knob.help, static_cast<int64_t>(knob.min), std::numeric_limits<int>::max(), field);
+        } else if constexpr (std::is_same_v<T, double>) {
+          return FloatOption(key, knob.help, knob.min, std::numeric_limits<double>::max(), true, field);
+        } else {
+          // PolicyKind or Pooling: one of its table's names.
+          Option opt{key, KnobChoices(knob, "|"), knob.help, nullptr, nullptr};
+          opt.set = [field, check = OneOf(TableNames(EnumTable<T>()))](const std::string& value,
+                                                                        ServerConfig* c) -> Status {
+            const std::string v = Trim(value);
+            const std::string why = check(v);
+            if (!why.empty()) return InvalidArgument(why);
+            for (const auto& e : EnumTable<T>()) {
+              if (v == e.name) *field(c) = e.kind;
+            }
+            return Status::Ok();
+          };
+          opt.get = [field](const ServerConfig& c) {
+            return std::string(EnumTable<T>()[static_cast<size_t>(*field(&c))].name);
+          };
+          return opt;
+        }
+      },
+      knob.member);
 }
 
 std::vector<Option> BuildOptions() {
@@ -230,45 +250,7 @@ std::vector<Option> BuildOptions() {
                         kIntMax, [](auto* c) { return &c->engine.max_model_len; }));
 
   // pruning (defaults for requests that leave a knob unset; docs/asl-method.md §1, §7)
-  o.push_back(Option{"pruning.policy", Join(PolicyNames(), "|"), "pruning policy", nullptr, nullptr});
-  o.back().set = [](const std::string& value, ServerConfig* c) -> Status {
-    const std::string why = OneOf(PolicyNames())(Trim(value));
-    if (!why.empty()) return InvalidArgument(why);
-    c->engine.default_pruning.policy = *ParsePolicy(Trim(value));
-    return Status::Ok();
-  };
-  o.back().get = [](const ServerConfig& c) { return std::string(PolicyName(c.engine.default_pruning.policy)); };
-  o.push_back(IntOption("pruning.window", "W: observation window (last W prompt tokens)", 1, kIntMax,
-                        [](auto* c) { return &c->engine.default_pruning.window; }));
-  o.push_back(IntOption("pruning.kernel", "S: pooling width over tokens, odd", 1, kIntMax,
-                        [](auto* c) { return &c->engine.default_pruning.kernel; }));
-  o.push_back(Option{"pruning.pooling", "avg|max", "pooling of the scores", nullptr, nullptr});
-  o.back().set = [](const std::string& value, ServerConfig* c) -> Status {
-    const std::string v = Trim(value);
-    const std::string why = OneOf({"avg", "max"})(v);
-    if (!why.empty()) return InvalidArgument(why);
-    c->engine.default_pruning.pooling = v == "avg" ? Pooling::kAvg : Pooling::kMax;
-    return Status::Ok();
-  };
-  o.back().get = [](const ServerConfig& c) {
-    return std::string(c.engine.default_pruning.pooling == Pooling::kAvg ? "avg" : "max");
-  };
-  o.push_back(IntOption("pruning.min_layer", "L_min: first layer of ASL's variance test; -1 = round(layers * 10/32)",
-                        -1, kIntMax, [](auto* c) { return &c->engine.default_pruning.min_layer; }));
-  o.push_back(IntOption("pruning.obs_layers", "L_obs: layers the variance test looks back over", 1, kIntMax,
-                        [](auto* c) { return &c->engine.default_pruning.obs_layers; }));
-  o.push_back(FloatOption("pruning.tau", "tau: relative-variance threshold (> 0)", 0.0,
-                          std::numeric_limits<double>::max(), true,
-                          [](auto* c) { return &c->engine.default_pruning.tau; }));
-  o.push_back(IntOption("pruning.select_k", "tokens propagated past the selection layer, window included", 2, kIntMax,
-                        [](auto* c) { return &c->engine.default_pruning.select_k; }));
-  o.push_back(IntOption("pruning.kv_budget", "KV tokens kept per layer and KV head, window included; 0 = keep all",
-                        0, kIntMax, [](auto* c) { return &c->engine.default_pruning.kv_budget; }));
-  o.push_back(IntOption("pruning.max_layer", "force ASL's selection here if tau is never reached; -1 = never", -1,
-                        kIntMax, [](auto* c) { return &c->engine.default_pruning.max_layer; }));
-  o.push_back(IntOption("pruning.select_layer",
-                        "fixed layer of fastkv/gemfilter; -1 = round(layers * 15/32) / round(layers * 13/32)", -1,
-                        kIntMax, [](auto* c) { return &c->engine.default_pruning.select_layer; }));
+  for (const PruningKnob& knob : kPruningKnobs) o.push_back(PruningOption(knob));
 
   // log
   o.push_back(StringOption("log.level", "trace|debug|info|warn|error|critical|off", "log level",

@@ -1,5 +1,6 @@
 // Plain C++ types that cross the engine's boundary: what a request asks for and what its sink
-// receives. No libtorch, gRPC or JSON here: the server and gateway include only this and engine.h.
+// receives. No libtorch, gRPC or JSON here: the server includes only this and engine.h (the gateway
+// only pruning_knobs.h).
 #pragma once
 
 #include <chrono>
@@ -9,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/common/pruning_knobs.h"
 #include "engine/common/status.h"
 
 namespace asl {
@@ -17,28 +19,7 @@ using RequestId = uint64_t;
 using TokenId = int32_t;
 
 // ---- pruning (docs: ../shared/docs/asl-method.md, docs/asl-method.md) ----------------------------
-enum class PolicyKind { kFull, kSnapKv, kFastKv, kGemFilter, kAsl, kAsl2Pass };
-enum class Pooling { kAvg, kMax };
-
-const char* PolicyName(PolicyKind p);
-// Parses "full", "snapkv", "fastkv", "gemfilter", "asl", "asl_2pass".
-std::optional<PolicyKind> ParsePolicy(const std::string& name);
-
-// Per-request pruning knobs. A value of -1 for a layer knob means "scale from the model depth"
-// (asl-method.md §1, §7); kv_budget 0 means "no budget, keep all".
-struct PruningParams {
-  PolicyKind policy = PolicyKind::kFull;
-  int window = 32;            // W
-  int kernel = 7;             // S, odd
-  Pooling pooling = Pooling::kAvg;
-  int min_layer = -1;         // L_min; -1: round(L * 10/32)
-  int obs_layers = 8;         // L_obs
-  double tau = 0.3;           // τ
-  int select_k = 2048;        // tokens propagated after selection, window included
-  int kv_budget = 2048;       // C per layer and KV head, window included; 0 = keep all
-  int max_layer = -1;         // force selection here if τ was never reached; -1 = never
-  int select_layer = -1;      // fastkv / gemfilter fixed layer; -1: the policy's default
-};
+// PolicyKind, Pooling, PruningParams and the tables of policies and knobs: pruning_knobs.h.
 
 // Fills the -1 layer knobs from the model depth and checks every constraint of asl-method.md §1.
 // The error message names the offending parameter.

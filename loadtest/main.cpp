@@ -6,22 +6,71 @@
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include <array>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <string>
+#include <type_traits>
+#include <variant>
 
 #include "loadtest/load_generator.h"
 #include "loadtest/prompts.h"
 #include "loadtest/stats.h"
+#include "proto/pruning_fields.h"
 
 namespace {
 
 using nlohmann::json;
 
-template <typename T>
-void SetIf(bool given, T value, void (asl::v1::PruningParams::*set)(T), asl::v1::PruningParams* p) {
-  if (given) (p->*set)(value);
-}
+// One flag per pruning knob (engine/common/pruning_knobs.h): --window, --select-k, ... A knob is
+// set in the request only when its flag is given; otherwise the server's default applies.
+class PruningFlags {
+ public:
+  void Register(CLI::App* app) {
+    for (size_t i = 0; i < std::size(asl::kPruningKnobs); ++i) {
+      const asl::PruningKnob& knob = asl::kPruningKnobs[i];
+      Arg& arg = args_[i];
+      std::string help = knob.help;
+      if (const std::string choices = asl::KnobChoices(knob, ", "); !choices.empty()) help += ": " + choices;
+      help += " (default: the server's)";
+      std::visit(
+          [&](auto member) {
+            using T = asl::KnobValueT<decltype(member)>;
+            const std::string flag = asl::KnobFlag(knob);
+            if constexpr (std::is_same_v<T, int>) arg.option = app->add_option(flag, arg.i, help);
+            else if constexpr (std::is_same_v<T, double>) arg.option = app->add_option(flag, arg.d, help);
+            else arg.option = app->add_option(flag, arg.s, help);
+          },
+          knob.member);
+    }
+  }
+
+  void Apply(asl::v1::PruningParams* p) const {
+    for (size_t i = 0; i < std::size(asl::kPruningKnobs); ++i) {
+      const asl::PruningKnob& knob = asl::kPruningKnobs[i];
+      const Arg& arg = args_[i];
+      if (arg.option->count() == 0) continue;
+      std::visit(
+          [&](auto member) {
+            using T = asl::KnobValueT<decltype(member)>;
+            if constexpr (std::is_same_v<T, int>) asl::v1::SetKnob(knob, arg.i, p);
+            else if constexpr (std::is_same_v<T, double>) asl::v1::SetKnob(knob, arg.d, p);
+            else if (!arg.s.empty()) asl::v1::SetKnob(knob, arg.s, p);
+          },
+          knob.member);
+    }
+  }
+
+ private:
+  struct Arg {
+    int32_t i = 0;
+    double d = 0;
+    std::string s;
+    CLI::Option* option = nullptr;
+  };
+  std::array<Arg, std::size(asl::kPruningKnobs)> args_;
+};
 
 }  // namespace
 
@@ -35,10 +84,7 @@ int main(int argc, char** argv) {
   bool ignore_eos = true;
   int warmup = 1;
   std::string json_path;
-  std::string policy, pooling;
-  int window = 0, kernel = 0, min_layer = 0, obs_layers = 0, select_k = 0, kv_budget = 0, max_layer = 0,
-      select_layer = 0;
-  double tau = 0;
+  PruningFlags pruning_flags;
 
   CLI::App app{"asl-loadtest: load generator and latency report for asl-server (gRPC)"};
   app.add_option("--target", target, "asl-server gRPC address, host:port")->capture_default_str();
@@ -68,17 +114,7 @@ int main(int argc, char** argv) {
   app.add_option("--temperature", temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
   app.add_option("--seed", load.seed, "Seed of prompt offsets, arrivals and per-request sampling")->capture_default_str();
   app.add_option("--warmup", warmup, "Requests sent (one at a time) before measuring")->capture_default_str()->check(CLI::Range(0, 100));
-  app.add_option("--policy", policy, "Pruning policy: full, snapkv, fastkv, gemfilter, asl, asl_2pass (default: server's)");
-  auto* o_window = app.add_option("--window", window, "Pruning window W");
-  auto* o_kernel = app.add_option("--kernel", kernel, "Pooling width S");
-  app.add_option("--pooling", pooling, "Pooling: avg or max");
-  auto* o_min_layer = app.add_option("--min-layer", min_layer, "L_min");
-  auto* o_obs = app.add_option("--obs-layers", obs_layers, "L_obs");
-  auto* o_tau = app.add_option("--tau", tau, "ASL threshold tau");
-  auto* o_select_k = app.add_option("--select-k", select_k, "Tokens propagated past the selection layer");
-  auto* o_budget = app.add_option("--kv-budget", kv_budget, "KV tokens kept per layer and head; 0 = no budget");
-  auto* o_max_layer = app.add_option("--max-layer", max_layer, "Force ASL's selection at this layer; -1 = never");
-  auto* o_select_layer = app.add_option("--select-layer", select_layer, "Fixed selection layer (fastkv, gemfilter)");
+  pruning_flags.Register(&app);
   app.add_option("--slo-ttft", slo.ttft_ms, "Goodput SLO on TTFT in ms; 0 = none")->capture_default_str();
   app.add_option("--slo-tpot", slo.tpot_ms, "Goodput SLO on TPOT in ms; 0 = none")->capture_default_str();
   app.add_option("--json", json_path, "Write the summary, the options and per-request results here");
@@ -88,17 +124,8 @@ int main(int argc, char** argv) {
   load.sampling.set_temperature(temperature);
   load.sampling.set_ignore_eos(ignore_eos);
   asl::v1::PruningParams* p = &load.pruning;
-  if (!policy.empty()) p->set_policy(policy);
-  if (!pooling.empty()) p->set_pooling(pooling);
-  SetIf(o_window->count() > 0, window, &asl::v1::PruningParams::set_window, p);
-  SetIf(o_kernel->count() > 0, kernel, &asl::v1::PruningParams::set_kernel, p);
-  SetIf(o_min_layer->count() > 0, min_layer, &asl::v1::PruningParams::set_min_layer, p);
-  SetIf(o_obs->count() > 0, obs_layers, &asl::v1::PruningParams::set_obs_layers, p);
-  SetIf(o_tau->count() > 0, tau, &asl::v1::PruningParams::set_tau, p);
-  SetIf(o_select_k->count() > 0, select_k, &asl::v1::PruningParams::set_select_k, p);
-  SetIf(o_budget->count() > 0, kv_budget, &asl::v1::PruningParams::set_kv_budget, p);
-  SetIf(o_max_layer->count() > 0, max_layer, &asl::v1::PruningParams::set_max_layer, p);
-  SetIf(o_select_layer->count() > 0, select_layer, &asl::v1::PruningParams::set_select_layer, p);
+  pruning_flags.Apply(p);
+  const std::string policy = p->has_policy() ? p->policy() : "";
 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);

@@ -41,18 +41,6 @@ Histogram::BucketBoundaries RatioBuckets() {
   return b;
 }
 
-const std::vector<std::string>& AllPolicies() {
-  static const std::vector<std::string> kAll = [] {
-    std::vector<std::string> v;
-    for (PolicyKind p : {PolicyKind::kFull, PolicyKind::kSnapKv, PolicyKind::kFastKv, PolicyKind::kGemFilter,
-                         PolicyKind::kAsl, PolicyKind::kAsl2Pass}) {
-      v.emplace_back(PolicyName(p));
-    }
-    return v;
-  }();
-  return kAll;
-}
-
 int64_t ResidentMemoryBytes() {
   FILE* f = std::fopen("/proc/self/statm", "r");
   if (f == nullptr) return 0;
@@ -119,7 +107,8 @@ struct ServerMetrics::Families {
                                  .Help("Rows computed by prefill layers (one token through one layer)")
                                  .Register(r).Add({})) {
     // Every series a dashboard expects exists from the start, at zero.
-    for (const std::string& p : AllPolicies()) {
+    for (const PolicyInfo& info : kPolicies) {
+      const std::string p = info.name;
       ttft.Add({{"policy", p}}, kTtftBuckets);
       tpot.Add({{"policy", p}}, kTpotBuckets);
       e2e.Add({{"policy", p}}, kRequestLatencyBuckets);
@@ -132,7 +121,7 @@ struct ServerMetrics::Families {
                              FinishReason::kError, FinishReason::kAbort}) {
         requests.Add({{"status", FinishReasonName(r)}, {"policy", p}});
       }
-      if (p == "full" || p == "snapkv") continue;  // policies that never select
+      if (!info.selects) continue;
       for (SelectionOutcome o : {SelectionOutcome::kSelected, SelectionOutcome::kForced, SelectionOutcome::kNone}) {
         selection_outcome.Add({{"outcome", SelectionOutcomeName(o)}, {"policy", p}});
       }
@@ -223,7 +212,7 @@ void ServerMetrics::SetModel(int num_layers, std::function<EngineStats()> stats)
     std::lock_guard<std::mutex> lock(f_->mu);
     if (num_layers > 0 && f_->layer_buckets.empty()) {
       for (int l = 0; l < num_layers; ++l) f_->layer_buckets.push_back(l);
-      for (const std::string& p : AllPolicies()) f_->selection_layer.Add({{"policy", p}}, f_->layer_buckets);
+      for (const PolicyInfo& p : kPolicies) f_->selection_layer.Add({{"policy", p.name}}, f_->layer_buckets);
     }
   }
   gauges_->Set(std::move(stats));

@@ -6,9 +6,12 @@
 
 #include <algorithm>
 #include <map>
+#include <type_traits>
+#include <variant>
 
 #include "engine/common/utf8.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "proto/pruning_fields.h"
 
 namespace asl::server {
 namespace {
@@ -152,36 +155,43 @@ SamplingParams ToSamplingParams(const v1::SamplingParams& p) {
 
 StatusOr<PruningParams> ToPruningParams(const v1::PruningParams& p, const PruningParams& defaults) {
   PruningParams out = defaults;
-  if (p.has_policy()) {
-    std::optional<PolicyKind> kind = ParsePolicy(p.policy());
-    if (!kind) {
-      return InvalidArgument("pruning.policy: unknown policy '" + p.policy() +
-                             "' (full, snapkv, fastkv, gemfilter, asl, asl_2pass)");
-    }
-    out.policy = *kind;
+  for (const PruningKnob& knob : kPruningKnobs) {
+    if (!v1::HasKnob(p, knob)) continue;
+    ASL_RETURN_IF_ERROR(std::visit(
+        [&](auto member) -> Status {
+          using T = KnobValueT<decltype(member)>;
+          if constexpr (std::is_same_v<T, int>) {
+            out.*member = v1::KnobInt32(p, knob);
+          } else if constexpr (std::is_same_v<T, double>) {
+            out.*member = v1::KnobDouble(p, knob);
+          } else if constexpr (std::is_same_v<T, PolicyKind>) {
+            const std::string name = v1::KnobString(p, knob);
+            const std::optional<PolicyKind> kind = ParsePolicy(name);
+            if (!kind) {
+              return InvalidArgument("pruning.policy: unknown policy '" + name + "' (" + PolicyNames(", ") + ")");
+            }
+            out.*member = *kind;
+          } else {
+            static_assert(std::is_same_v<T, Pooling>);
+            const std::string name = v1::KnobString(p, knob);
+            const std::optional<Pooling> pooling = ParsePooling(name);
+            if (!pooling) {
+              return InvalidArgument("pruning.pooling: must be " + PoolingNames(" or ") + ", got '" + name + "'");
+            }
+            out.*member = *pooling;
+          }
+          return Status::Ok();
+        },
+        knob.member));
   }
-  if (p.has_pooling()) {
-    if (p.pooling() == "avg") out.pooling = Pooling::kAvg;
-    else if (p.pooling() == "max") out.pooling = Pooling::kMax;
-    else return InvalidArgument("pruning.pooling: must be avg or max, got '" + p.pooling() + "'");
-  }
-  if (p.has_window()) out.window = p.window();
-  if (p.has_kernel()) out.kernel = p.kernel();
-  if (p.has_min_layer()) out.min_layer = p.min_layer();
-  if (p.has_obs_layers()) out.obs_layers = p.obs_layers();
-  if (p.has_tau()) out.tau = p.tau();
-  if (p.has_select_k()) out.select_k = p.select_k();
-  if (p.has_kv_budget()) out.kv_budget = p.kv_budget();
-  if (p.has_max_layer()) out.max_layer = p.max_layer();
-  if (p.has_select_layer()) out.select_layer = p.select_layer();
   // -1 is the "scale from depth" marker; other negative layer values are mistakes, not markers.
-  auto layer = [](const char* name, int v) {
-    return v < -1 ? InvalidArgument(std::string("pruning.") + name + ": must be >= 0 or -1, got " + std::to_string(v))
-                  : Status::Ok();
-  };
-  ASL_RETURN_IF_ERROR(layer("min_layer", out.min_layer));
-  ASL_RETURN_IF_ERROR(layer("max_layer", out.max_layer));
-  ASL_RETURN_IF_ERROR(layer("select_layer", out.select_layer));
+  for (const PruningKnob& knob : kPruningKnobs) {
+    if (!IsLayerKnob(knob)) continue;
+    const int v = out.*std::get<int PruningParams::*>(knob.member);
+    if (v < -1) {
+      return InvalidArgument(std::string("pruning.") + knob.name + ": must be >= 0 or -1, got " + std::to_string(v));
+    }
+  }
   return out;
 }
 
@@ -323,17 +333,20 @@ void FillComplete(const FinishEvent& ev, bool detailed, v1::GenerateComplete* ou
 }
 
 void FillPruningParams(const PruningParams& params, v1::PruningParams* out) {
-  out->set_policy(PolicyName(params.policy));
-  out->set_window(params.window);
-  out->set_kernel(params.kernel);
-  out->set_pooling(params.pooling == Pooling::kAvg ? "avg" : "max");
-  out->set_min_layer(params.min_layer);
-  out->set_obs_layers(params.obs_layers);
-  out->set_tau(params.tau);
-  out->set_select_k(params.select_k);
-  out->set_kv_budget(params.kv_budget);
-  out->set_max_layer(params.max_layer);
-  out->set_select_layer(params.select_layer);
+  for (const PruningKnob& knob : kPruningKnobs) {
+    std::visit(
+        [&](auto member) {
+          using T = KnobValueT<decltype(member)>;
+          if constexpr (std::is_same_v<T, PolicyKind>) {
+            v1::SetKnob(knob, std::string(PolicyName(params.*member)), out);
+          } else if constexpr (std::is_same_v<T, Pooling>) {
+            v1::SetKnob(knob, std::string(PoolingName(params.*member)), out);
+          } else {
+            v1::SetKnob(knob, params.*member, out);  // int32 or double
+          }
+        },
+        knob.member);
+  }
 }
 
 void FillModelInfo(const Engine& engine, int64_t max_prompt_tokens, v1::ModelInfo* out) {
@@ -355,10 +368,7 @@ void FillModelInfo(const Engine& engine, int64_t max_prompt_tokens, v1::ModelInf
   out->set_kv_block_size(m.kv_block_size);
   out->set_kv_bytes_total(m.kv_bytes_total);
   for (TokenId t : m.eos_token_ids) out->add_eos_token_ids(t);
-  for (PolicyKind p : {PolicyKind::kFull, PolicyKind::kSnapKv, PolicyKind::kFastKv, PolicyKind::kGemFilter,
-                       PolicyKind::kAsl, PolicyKind::kAsl2Pass}) {
-    out->add_policies(PolicyName(p));
-  }
+  for (const PolicyInfo& p : kPolicies) out->add_policies(p.name);
   PruningParams defaults = engine.config().default_pruning;
   (void)ResolvePruningParams(&defaults, static_cast<int>(m.num_layers));  // validated at startup
   FillPruningParams(defaults, out->mutable_default_pruning());

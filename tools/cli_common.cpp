@@ -6,6 +6,8 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <type_traits>
+#include <variant>
 
 #include "engine/kv/dense_kv_cache.h"
 #include "engine/model/gguf.h"
@@ -33,17 +35,22 @@ void CommonOptions::Register(CLI::App* app) {
       ->check(CLI::IsMember({"reserve", "optimistic"}))
       ->capture_default_str();
   app->add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
-  app->add_option("--policy", policy, "full, snapkv, fastkv, gemfilter, asl, asl_2pass")->capture_default_str();
-  app->add_option("--window", pruning.window, "observation window W")->capture_default_str();
-  app->add_option("--kernel", pruning.kernel, "pooling kernel S (odd)")->capture_default_str();
-  app->add_option("--pooling", pooling, "avg or max")->capture_default_str();
-  app->add_option("--min-layer", pruning.min_layer, "L_min (-1: round(L*10/32))")->capture_default_str();
-  app->add_option("--obs-layers", pruning.obs_layers, "L_obs")->capture_default_str();
-  app->add_option("--tau", pruning.tau, "relative-variance threshold")->capture_default_str();
-  app->add_option("--select-k", pruning.select_k, "tokens propagated after selection")->capture_default_str();
-  app->add_option("--kv-budget", pruning.kv_budget, "per-layer per-KV-head KV tokens (0 = keep all)")->capture_default_str();
-  app->add_option("--max-layer", pruning.max_layer, "force selection at this layer (-1 = never)")->capture_default_str();
-  app->add_option("--select-layer", pruning.select_layer, "fastkv/gemfilter layer (-1 = default)")->capture_default_str();
+  for (const PruningKnob& knob : kPruningKnobs) {
+    std::string help = knob.help;
+    if (const std::string choices = KnobChoices(knob, ", "); !choices.empty()) help += ": " + choices;
+    std::visit(
+        [&](auto member) {
+          using T = KnobValueT<decltype(member)>;
+          if constexpr (std::is_same_v<T, PolicyKind>) {
+            app->add_option(KnobFlag(knob), policy, help)->capture_default_str();
+          } else if constexpr (std::is_same_v<T, Pooling>) {
+            app->add_option(KnobFlag(knob), pooling, help)->capture_default_str();
+          } else {
+            app->add_option(KnobFlag(knob), pruning.*member, help)->capture_default_str();
+          }
+        },
+        knob.member);
+  }
   app->callback([this] {
     Status st = Finalize();
     if (!st.ok()) throw CLI::ValidationError(st.message());
@@ -54,9 +61,9 @@ Status CommonOptions::Finalize() {
   auto p = ParsePolicy(policy);
   if (!p) return InvalidArgument("--policy: unknown policy '" + policy + "'");
   pruning.policy = *p;
-  if (pooling == "avg") pruning.pooling = Pooling::kAvg;
-  else if (pooling == "max") pruning.pooling = Pooling::kMax;
-  else return InvalidArgument("--pooling: must be avg or max, got '" + pooling + "'");
+  auto q = ParsePooling(pooling);
+  if (!q) return InvalidArgument("--pooling: must be " + PoolingNames(" or ") + ", got '" + pooling + "'");
+  pruning.pooling = *q;
   return Status::Ok();
 }
 

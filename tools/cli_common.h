@@ -23,11 +23,12 @@ struct CommonOptions {
   int block_size = 16;
   double step_prefill_budget = EngineConfig{}.step_prefill_budget;
   std::string log_level = "warn";
-  std::string policy = "full";
-  std::string pooling = "avg";
+  std::string policy = PolicyName(PruningParams{}.policy);    // --policy, parsed by Finalize
+  std::string pooling = PoolingName(PruningParams{}.pooling);  // --pooling, parsed by Finalize
   std::string admission = "reserve";  // scheduler admission: reserve or optimistic
-  PruningParams pruning;
+  PruningParams pruning;                // the numeric knobs' flags write here directly
 
+  // Model and engine flags, then one flag per pruning knob (engine/common/pruning_knobs.h).
   void Register(CLI::App* app);
   EngineConfig ToEngineConfig() const;
   // Applies the policy and pooling names to `pruning` (validated later by the engine).
@@ -52,7 +53,7 @@ struct EvalOptions {
   std::string data_dir;                  // empty: ASL_DEFAULT_DATA_DIR
   std::string out_prefix = "bench/out/accuracy";
   std::vector<std::string> tasks;        // empty: the 11 RULER tasks, plus "niah" (the grid)
-  std::vector<std::string> policies = {"full", "snapkv", "fastkv", "gemfilter", "asl", "asl_2pass"};
+  std::vector<std::string> policies = TableNames(kPolicies);  // default: every policy
   std::vector<int> lengths = {1024, 2048, 4096};
   std::vector<int> budgets = {256, 512, 1024};
   int samples = 20;                      // per RULER task and length

@@ -5,26 +5,6 @@
 
 namespace asl {
 
-const char* PolicyName(PolicyKind p) {
-  switch (p) {
-    case PolicyKind::kFull: return "full";
-    case PolicyKind::kSnapKv: return "snapkv";
-    case PolicyKind::kFastKv: return "fastkv";
-    case PolicyKind::kGemFilter: return "gemfilter";
-    case PolicyKind::kAsl: return "asl";
-    case PolicyKind::kAsl2Pass: return "asl_2pass";
-  }
-  return "unknown";
-}
-
-std::optional<PolicyKind> ParsePolicy(const std::string& name) {
-  for (PolicyKind p : {PolicyKind::kFull, PolicyKind::kSnapKv, PolicyKind::kFastKv, PolicyKind::kGemFilter,
-                       PolicyKind::kAsl, PolicyKind::kAsl2Pass}) {
-    if (name == PolicyName(p)) return p;
-  }
-  return std::nullopt;
-}
-
 const char* FinishReasonName(FinishReason r) {
   switch (r) {
     case FinishReason::kStop: return "stop";

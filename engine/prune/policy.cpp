@@ -11,14 +11,13 @@ PruningPolicy::PruningPolicy(const PruningParams& params, int num_layers, int64_
       num_kv_heads_(num_kv_heads),
       n_(num_prompt_tokens),
       ranks_(params.obs_layers) {
-  const bool two_pass = params.policy == PolicyKind::kGemFilter || params.policy == PolicyKind::kAsl2Pass;
+  const bool two_pass = Policy(params.policy).two_pass;
   // Nothing to prune when the prompt fits in select_k: a two-pass policy is then one full pass.
   first_pass_ = two_pass && n_ > params.select_k;
   report_.policy = params.policy;
   report_.num_prompt_tokens = n_;
   report_.num_propagated_tokens = n_;
-  const bool selects = params.policy == PolicyKind::kAsl || params.policy == PolicyKind::kFastKv || two_pass;
-  report_.outcome = selects ? SelectionOutcome::kNone : SelectionOutcome::kNotApplicable;
+  report_.outcome = Policy(params.policy).selects ? SelectionOutcome::kNone : SelectionOutcome::kNotApplicable;
 }
 
 void PruningPolicy::BeginSecondPass(int64_t num_tokens) {
@@ -27,15 +26,13 @@ void PruningPolicy::BeginSecondPass(int64_t num_tokens) {
 }
 
 bool PruningPolicy::UsesRankTest() const {
-  return params_.policy == PolicyKind::kAsl || (params_.policy == PolicyKind::kAsl2Pass && first_pass_);
+  const PolicyInfo& policy = Policy(params_.policy);
+  return policy.rank_test && (!policy.two_pass || first_pass_);
 }
 
 bool PruningPolicy::KvBudgetApplies(int64_t q) const {
   // Two-pass policies keep full KV in pass 2 (§7) and store nothing in pass 1.
-  if (params_.policy == PolicyKind::kFull || params_.policy == PolicyKind::kGemFilter ||
-      params_.policy == PolicyKind::kAsl2Pass) {
-    return false;
-  }
+  if (params_.policy == PolicyKind::kFull || Policy(params_.policy).two_pass) return false;
   return params_.kv_budget > 0 && q > params_.kv_budget;
 }
 

@@ -4,6 +4,11 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <type_traits>
+#include <variant>
+
+#include "engine/common/pruning_knobs.h"
+#include "proto/pruning_fields.h"
 
 namespace asl::gateway {
 namespace {
@@ -200,12 +205,11 @@ bool ParsePruning(const json& body, v1::GenerateRequest* r, ApiError* error) {
     *error = InvalidRequest("pruning", "pruning: must be an object");
     return false;
   }
-  static const char* const kKnown[] = {"policy",   "window",    "kernel",    "pooling",      "min_layer",
-                                       "obs_layers", "tau",     "select_k",  "kv_budget",    "max_layer",
-                                       "select_layer", "detailed_report"};
+  // The knobs of engine/common/pruning_knobs.h, each into the proto field of its name, plus the
+  // request's detailed_pruning_report.
   for (auto kv = it->begin(); kv != it->end(); ++kv) {
-    bool known = false;
-    for (const char* k : kKnown) known = known || kv.key() == k;
+    bool known = kv.key() == "detailed_report";
+    for (const PruningKnob& k : kPruningKnobs) known = known || kv.key() == k.name;
     if (!known) {
       *error = InvalidRequest("pruning." + kv.key(), "pruning." + kv.key() + ": unknown field");
       return false;
@@ -213,34 +217,31 @@ bool ParsePruning(const json& body, v1::GenerateRequest* r, ApiError* error) {
   }
   const Fields f(*it, "pruning.", error);
   v1::PruningParams* p = r->mutable_pruning();
-  std::optional<std::string> s;
-  std::optional<int32_t> i;
-  std::optional<double> d;
+  for (const PruningKnob& knob : kPruningKnobs) {
+    const bool ok = std::visit(
+        [&](auto member) {
+          using T = KnobValueT<decltype(member)>;
+          if constexpr (std::is_same_v<T, int>) {
+            std::optional<int32_t> v;
+            if (!f.Int32(knob.name, &v)) return false;
+            if (v) v1::SetKnob(knob, *v, p);
+          } else if constexpr (std::is_same_v<T, double>) {
+            std::optional<double> v;
+            if (!f.Number(knob.name, &v)) return false;
+            if (v) v1::SetKnob(knob, *v, p);
+          } else {  // policy, pooling: the name as given; the server checks it
+            std::optional<std::string> v;
+            if (!f.String(knob.name, &v)) return false;
+            if (v) v1::SetKnob(knob, *v, p);
+          }
+          return true;
+        },
+        knob.member);
+    if (!ok) return false;
+  }
   std::optional<bool> b;
-  if (!f.String("policy", &s)) return false;
-  if (s) p->set_policy(*s);
-  s.reset();
-  if (!f.String("pooling", &s)) return false;
-  if (s) p->set_pooling(*s);
-  if (!f.Number("tau", &d)) return false;
-  if (d) p->set_tau(*d);
   if (!f.Bool("detailed_report", &b)) return false;
   if (b) r->set_detailed_pruning_report(*b);
-  struct IntKnob {
-    const char* name;
-    void (v1::PruningParams::*set)(int32_t);
-  };
-  static const IntKnob kInts[] = {
-      {"window", &v1::PruningParams::set_window},       {"kernel", &v1::PruningParams::set_kernel},
-      {"min_layer", &v1::PruningParams::set_min_layer}, {"obs_layers", &v1::PruningParams::set_obs_layers},
-      {"select_k", &v1::PruningParams::set_select_k},   {"kv_budget", &v1::PruningParams::set_kv_budget},
-      {"max_layer", &v1::PruningParams::set_max_layer}, {"select_layer", &v1::PruningParams::set_select_layer},
-  };
-  for (const IntKnob& k : kInts) {
-    i.reset();
-    if (!f.Int32(k.name, &i)) return false;
-    if (i) (p->*k.set)(*i);
-  }
   return true;
 }
 

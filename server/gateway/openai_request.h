@@ -5,9 +5,9 @@
 //
 // asl extensions accepted in the body: top_k, min_p, repetition_penalty, ignore_eos,
 // stop_token_ids, add_generation_prompt (chat), add_bos (completions) and a `pruning` object
-// {policy, window, kernel, pooling, min_layer, obs_layers, tau, select_k, kv_budget, max_layer,
-// select_layer, detailed_report} mapped to PruningParams. Unknown keys inside `pruning` are errors;
-// unknown top-level keys are ignored, as OpenAI-compatible servers do.
+// {<knob>..., detailed_report}: every knob of engine/common/pruning_knobs.h (policy, window, tau,
+// ...) by its name, mapped to the proto field of that name. Unknown keys inside `pruning` are
+// errors; unknown top-level keys are ignored, as OpenAI-compatible servers do.
 #pragma once
 
 #include <nlohmann/json.hpp>

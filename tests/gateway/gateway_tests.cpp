@@ -1,6 +1,11 @@
 // Unit tests of the gateway's request parsing and error mapping (no server, no network).
 #include <gtest/gtest.h>
 
+#include <type_traits>
+#include <variant>
+
+#include "proto/pruning_fields.h"
+
 #include "server/gateway/errors.h"
 #include "server/gateway/openai_request.h"
 #include "server/gateway/openai_response.h"
@@ -84,6 +89,61 @@ TEST(ParseRequest, ErrorsNameTheField) {
   EXPECT_EQ(ParseFails(chat, R"({"model": "m", "tools": [{}], )" + msgs + "}").param, "tools");
   // n = 1 and null fields are fine.
   ParseOk(chat, R"({"model": "m", "n": 1, "temperature": null, "stop": null, )" + msgs + "}");
+}
+
+// Every knob of engine/common/pruning_knobs.h is a key of the `pruning` object, set into the proto
+// field of its name; a value of the wrong JSON type is an error naming pruning.<knob>.
+TEST(ParseRequest, EveryPruningKnobIsAJsonField) {
+  const std::string head = R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "pruning": )";
+  auto pruning = [&](const std::string& object) {
+    return ParseOk(Endpoint::kChatCompletions, head + object + "}").grpc.pruning();
+  };
+  for (const PruningKnob& knob : kPruningKnobs) {
+    SCOPED_TRACE(knob.name);
+    const std::string key = std::string("\"") + knob.name + "\"";
+    std::visit(
+        [&](auto member) {
+          using T = KnobValueT<decltype(member)>;
+          if constexpr (std::is_same_v<T, int>) {
+            const v1::PruningParams p = pruning("{" + key + ": 17}");
+            EXPECT_EQ(v1::KnobInt32(p, knob), 17);
+            EXPECT_EQ(ParseFails(Endpoint::kChatCompletions, head + "{" + key + ": 1.5}}").param,
+                      std::string("pruning.") + knob.name);
+            EXPECT_EQ(ParseFails(Endpoint::kChatCompletions, head + "{" + key + ": 3000000000}}").param,
+                      std::string("pruning.") + knob.name);
+          } else if constexpr (std::is_same_v<T, double>) {
+            const v1::PruningParams p = pruning("{" + key + ": 0.125}");
+            EXPECT_DOUBLE_EQ(v1::KnobDouble(p, knob), 0.125);
+          } else {
+            // Names pass through as given: the server checks them.
+            const v1::PruningParams p = pruning("{" + key + ": \"zz\"}");
+            EXPECT_EQ(v1::KnobString(p, knob), "zz");
+          }
+        },
+        knob.member);
+    const v1::PruningParams unset = pruning("{" + key + ": null}");
+    for (const PruningKnob& k : kPruningKnobs) EXPECT_FALSE(v1::HasKnob(unset, k)) << k.name;
+    const bool is_string = std::visit(
+        [](auto member) { return !std::is_arithmetic_v<KnobValueT<decltype(member)>>; }, knob.member);
+    EXPECT_EQ(ParseFails(Endpoint::kChatCompletions, head + "{" + key + (is_string ? ": 1}}" : ": \"1\"}}")).param,
+              std::string("pruning.") + knob.name);
+  }
+  const v1::GenerateRequest all = ParseOk(Endpoint::kChatCompletions, head + R"({"policy": "asl", "window": 16,
+      "kernel": 5, "pooling": "max", "min_layer": 9, "obs_layers": 4, "tau": 0.5, "select_k": 300, "kv_budget": 0,
+      "max_layer": 20, "select_layer": 11, "detailed_report": false}})").grpc;
+  const v1::PruningParams& p = all.pruning();
+  EXPECT_EQ(p.policy(), "asl");
+  EXPECT_EQ(p.window(), 16);
+  EXPECT_EQ(p.kernel(), 5);
+  EXPECT_EQ(p.pooling(), "max");
+  EXPECT_EQ(p.min_layer(), 9);
+  EXPECT_EQ(p.obs_layers(), 4);
+  EXPECT_DOUBLE_EQ(p.tau(), 0.5);
+  EXPECT_EQ(p.select_k(), 300);
+  EXPECT_TRUE(p.has_kv_budget());
+  EXPECT_EQ(p.max_layer(), 20);
+  EXPECT_EQ(p.select_layer(), 11);
+  EXPECT_FALSE(all.detailed_pruning_report());
 }
 
 TEST(FromGrpcStatus, MapsCodesAndFieldPaths) {

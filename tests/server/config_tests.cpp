@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "config/server_config.h"
@@ -78,6 +80,68 @@ TEST(ServerConfig, DefaultYamlMatchesBuiltInDefaults) {
   for (const std::string& key : ServerConfigKeys()) {
     const std::string leaf = key.substr(key.find('.') + 1);
     EXPECT_NE(text.find("  " + leaf + ":"), std::string::npos) << "default.yaml lacks " << key;
+  }
+}
+
+// Every knob of engine/common/pruning_knobs.h is the key pruning.<name>, in the table's order, and
+// a value other than its default reaches that PruningParams member by flag and by YAML.
+TEST(ServerConfig, EveryPruningKnobIsAKey) {
+  std::vector<std::string> pruning_keys;
+  for (const std::string& key : ServerConfigKeys()) {
+    if (key.rfind("pruning.", 0) == 0) pruning_keys.push_back(key);
+  }
+  ASSERT_EQ(pruning_keys.size(), std::size(kPruningKnobs));
+  for (size_t i = 0; i < std::size(kPruningKnobs); ++i) {
+    const PruningKnob& knob = kPruningKnobs[i];
+    const std::string key = std::string("pruning.") + knob.name;
+    SCOPED_TRACE(key);
+    EXPECT_EQ(pruning_keys[i], key);
+    // Text and value of a non-default setting.
+    std::string text;
+    PruningParams want;
+    std::visit(
+        [&](auto member) {
+          using T = KnobValueT<decltype(member)>;
+          if constexpr (std::is_same_v<T, int>) {
+            want.*member += 4;
+            text = std::to_string(want.*member);
+          } else if constexpr (std::is_same_v<T, double>) {
+            want.*member = 0.75;
+            text = "0.75";
+          } else {
+            want.*member = EnumTable<T>()[std::size(EnumTable<T>()) - 1].kind;
+            text = EnumTable<T>()[std::size(EnumTable<T>()) - 1].name;
+          }
+        },
+        knob.member);
+    ServerConfig by_flag;
+    ASSERT_TRUE(SetConfigValue(key, text, &by_flag).ok());
+    ServerConfig by_yaml;
+    ASSERT_TRUE(ApplyYamlString(std::string("pruning:\n  ") + knob.name + ": " + text + "\n", "t.yaml", &by_yaml).ok());
+    for (const ServerConfig* c : {&by_flag, &by_yaml}) {
+      std::visit([&](auto member) { EXPECT_EQ(c->engine.default_pruning.*member, want.*member); }, knob.member);
+      EXPECT_EQ(*GetConfigValue(key, *c), text);
+    }
+  }
+  const std::string help = ServerHelpText("asl-server");
+  EXPECT_NE(help.find("--pruning.pooling (avg|max, default avg)"), std::string::npos) << help;
+  EXPECT_NE(help.find("--pruning.select_k (int, default 2048)"), std::string::npos) << help;
+  EXPECT_NE(help.find("--pruning.tau (float, default 0.3)"), std::string::npos) << help;
+  ExpectError(Parse({"--pruning.pooling=min"}).status(), {"--pruning.pooling", "must be one of avg, max, got 'min'"});
+  ExpectError(Parse({"--pruning.policy=h2o"}).status(),
+              {"--pruning.policy: must be one of full, snapkv, fastkv, gemfilter, asl, asl_2pass, got 'h2o'"});
+}
+
+// default.yaml's comment on pruning.policy names every policy.
+TEST(ServerConfig, DefaultYamlNamesEveryPolicy) {
+  std::ifstream f(ASL_DEFAULT_CONFIG);
+  std::string line, comment;
+  while (std::getline(f, line)) {
+    if (line.find("# Policy:") != std::string::npos) comment = line;
+  }
+  ASSERT_FALSE(comment.empty());
+  for (const PolicyInfo& p : kPolicies) {
+    EXPECT_NE(comment.find(std::string(" ") + p.name), std::string::npos) << comment << " lacks " << p.name;
   }
 }
 

@@ -90,10 +90,11 @@ std::string TaskTables(const ReportMeta& meta, const std::vector<RunResult>& res
   }
   md << "\n";
 
-  // Where asl (and asl_2pass) selected, per task.
+  // Where the policies of ASL's rank test (asl, asl_2pass) selected, per task.
   std::vector<std::string> asl_like;
   for (const auto& p : meta.policies) {
-    if (p == "asl" || p == "asl_2pass") asl_like.push_back(p);
+    const std::optional<PolicyKind> kind = ParsePolicy(p);
+    if (kind && Policy(*kind).rank_test) asl_like.push_back(p);
   }
   if (!asl_like.empty()) {
     md << "Selection layer (layer×count; none: τ never reached, n/a: prompt ≤ select_k):\n\n";
