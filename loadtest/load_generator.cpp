@@ -13,8 +13,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Now() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
-
 const char* CodeName(grpc::StatusCode code) {
   switch (code) {
     case grpc::StatusCode::OK: return "OK";
@@ -33,6 +31,8 @@ const char* CodeName(grpc::StatusCode code) {
   }
 }
 
+}  // namespace
+
 v1::GenerateRequest MakeRequest(const LoadOptions& options, const Prompt& prompt, int64_t index) {
   v1::GenerateRequest r;
   r.set_request_id("loadtest-" + std::to_string(index));
@@ -46,8 +46,6 @@ v1::GenerateRequest MakeRequest(const LoadOptions& options, const Prompt& prompt
   *r.mutable_pruning() = options.pruning;
   return r;
 }
-
-}  // namespace
 
 RequestResult RunOne(v1::Generation::Stub& stub, const v1::GenerateRequest& request, double timeout_s,
                      double run_start_s) {
@@ -89,7 +87,7 @@ RequestResult RunOne(v1::Generation::Stub& stub, const v1::GenerateRequest& requ
   return r;
 }
 
-LoadRun RunLoad(const LoadOptions& options, v1::Generation::Stub& stub, const std::vector<Prompt>& prompts) {
+LoadRun RunLoad(const LoadOptions& options, const SendFn& send) {
   LoadRun run;
   run.results.resize(static_cast<size_t>(options.num_requests));
   std::vector<bool> sent(run.results.size(), false);
@@ -97,8 +95,7 @@ LoadRun RunLoad(const LoadOptions& options, v1::Generation::Stub& stub, const st
   const double start = Now();
   const double stop_at = options.duration_s > 0 ? start + options.duration_s : 1e300;
   auto run_index = [&](int64_t i) {
-    const v1::GenerateRequest req = MakeRequest(options, prompts[static_cast<size_t>(i) % prompts.size()], i);
-    RequestResult r = RunOne(stub, req, options.timeout_s, start);
+    RequestResult r = send(i, start);
     std::lock_guard<std::mutex> lock(mu);
     run.results[static_cast<size_t>(i)] = std::move(r);
     sent[static_cast<size_t>(i)] = true;

@@ -1,9 +1,14 @@
-// asl-loadtest: bounded load against asl-server's gRPC API, with latency percentiles, throughput
-// and goodput (see load_generator.h and stats.h).
+// asl-loadtest: bounded load against asl-server's gRPC API, or against any OpenAI-compatible HTTP
+// server (asl-gateway, llama.cpp's llama-server) with --api openai, with latency percentiles,
+// throughput and goodput (see load_generator.h, openai_client.h and stats.h).
 //
 //   asl-loadtest --target 127.0.0.1:50051 --concurrency 4 --num-requests 32 --prompt-tokens 1024
 //                --max-tokens 64 --policy asl --kv-budget 256 --select-k 256 --json out.json
+//   # the same token ids for two HTTP servers: save them once (asl-server's tokenizer), then replay
+//   asl-loadtest --target 127.0.0.1:50051 --prompt-tokens 2048 --num-requests 16 --save-prompts p.json --prompts-only
+//   asl-loadtest --api openai --target http://127.0.0.1:8080 --prompt-ids p.json --concurrency 4 --num-requests 16
 #include <CLI/CLI.hpp>
+#include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
 #include <array>
@@ -15,6 +20,7 @@
 #include <variant>
 
 #include "loadtest/load_generator.h"
+#include "loadtest/openai_client.h"
 #include "loadtest/prompts.h"
 #include "loadtest/stats.h"
 #include "proto/pruning_fields.h"
@@ -76,6 +82,9 @@ class PruningFlags {
 
 int main(int argc, char** argv) {
   std::string target = "127.0.0.1:50051";
+  std::string api = "grpc";
+  std::string model, extra_body, label, prompt_ids_path, save_prompts_path;
+  bool prompts_only = false;
   asl::loadtest::LoadOptions load;
   asl::loadtest::PromptOptions prompt_options;
   asl::loadtest::Slo slo;
@@ -86,8 +95,22 @@ int main(int argc, char** argv) {
   std::string json_path;
   PruningFlags pruning_flags;
 
-  CLI::App app{"asl-loadtest: load generator and latency report for asl-server (gRPC)"};
-  app.add_option("--target", target, "asl-server gRPC address, host:port")->capture_default_str();
+  CLI::App app{"asl-loadtest: load generator and latency report for asl-server (gRPC) or any OpenAI-compatible "
+               "server (HTTP, streaming /v1/completions)"};
+  app.add_option("--api", api, "grpc: asl-server's Generate RPC; openai: POST /v1/completions with SSE")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"grpc", "openai"}));
+  app.add_option("--target", target, "grpc: asl-server address host:port; openai: base URL http://host:port")
+      ->capture_default_str();
+  app.add_option("--model", model, "openai: the request's \"model\" (default: the first of GET /v1/models)");
+  app.add_option("--extra-body", extra_body,
+                 "openai: a JSON object merged into every request body (after the built-in fields)");
+  app.add_option("--label", label, "A name for this run, recorded in --json's config");
+  app.add_option("--prompt-ids", prompt_ids_path,
+                 "Prompts from a JSON file {\"prompts\": [[ids...], ...]} (as --save-prompts writes), used as is")
+      ->check(CLI::ExistingFile);
+  app.add_option("--save-prompts", save_prompts_path, "Write the prompts (token ids) used to this JSON file");
+  app.add_flag("--prompts-only", prompts_only, "Build the prompts, write --save-prompts, and exit without load");
   auto* conc = app.add_option("--concurrency", load.concurrency, "Closed loop: requests in flight")
                    ->capture_default_str()
                    ->check(CLI::Range(1, 1024));
@@ -100,13 +123,14 @@ int main(int argc, char** argv) {
   app.add_option("--duration", load.duration_s, "Stop sending after this many seconds; 0 = no limit")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--timeout", load.timeout_s, "Deadline of each request in seconds")
+  app.add_option("--timeout", load.timeout_s, "Deadline of each request in seconds (openai: the HTTP read timeout)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--prompt-file", prompt_options.file, "Prompts, one per line (default: built-in essay text)")
       ->check(CLI::ExistingFile);
   app.add_option("--prompt-tokens", prompt_options.num_tokens,
-                 "Cut every prompt to exactly this many tokens (server's tokenizer); 0 = send texts as they are")
+                 "Cut every prompt to exactly this many tokens with the server's tokenizer (gRPC Tokenize; openai: "
+                 "POST /tokenize, llama-server's API); 0 = send texts as they are")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
   app.add_option("--max-tokens", max_tokens, "Output tokens per request")->capture_default_str()->check(CLI::Range(1, 1 << 20));
@@ -127,46 +151,136 @@ int main(int argc, char** argv) {
   pruning_flags.Apply(p);
   const std::string policy = p->has_policy() ? p->policy() : "";
 
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);
-  args.SetMaxSendMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
-    std::cerr << "asl-loadtest: cannot connect to " << target << " within 10 s\n";
-    return 1;
+  if (!prompt_ids_path.empty() && (!prompt_options.file.empty() || prompt_options.num_tokens > 0)) {
+    std::cerr << "asl-loadtest: --prompt-ids takes the prompts as they are; drop --prompt-file / --prompt-tokens\n";
+    return 2;
   }
-  auto stub = asl::v1::Generation::NewStub(channel);
-
+  if (prompts_only && save_prompts_path.empty()) {
+    std::cerr << "asl-loadtest: --prompts-only needs --save-prompts\n";
+    return 2;
+  }
+  const bool openai = api == "openai";
   prompt_options.count = std::min<int64_t>(load.num_requests, 1024);
-  std::vector<asl::loadtest::Prompt> prompts;
+  prompt_options.seed = load.seed;
+
+  // Transport: a gRPC stub, or an HTTP client's options.
+  std::unique_ptr<asl::v1::Generation::Stub> stub;
+  asl::loadtest::OpenAiOptions http;
   std::string error;
-  if (!asl::loadtest::MakePrompts(prompt_options, *stub, &prompts, &error)) {
+  if (openai) {
+    if (!asl::loadtest::ParseHttpUrl(target, &http.host, &http.port, &error)) {
+      std::cerr << "asl-loadtest: " << error << "\n";
+      return 2;
+    }
+    http.timeout_s = load.timeout_s;
+    http.model = model;
+    if (http.model.empty()) {
+      http.model = asl::loadtest::FirstModelId(http, &error);
+      if (http.model.empty()) {
+        std::cerr << "asl-loadtest: " << target << ": " << error << " (or pass --model)\n";
+        return 1;
+      }
+    }
+    // Greedy, exactly max_tokens, no prompt cache: the same work on every server. Unknown fields
+    // are ignored by both asl-gateway and llama-server.
+    json body = {{"max_tokens", max_tokens},
+                 {"temperature", temperature},
+                 {"ignore_eos", ignore_eos},
+                 {"seed", load.seed},
+                 {"cache_prompt", false}};
+    std::string pruning_json;
+    google::protobuf::util::JsonPrintOptions po;
+    po.preserve_proto_field_names = true;
+    if (!google::protobuf::util::MessageToJsonString(*p, &pruning_json, po).ok()) {
+      std::cerr << "asl-loadtest: cannot convert the pruning knobs to JSON\n";
+      return 1;
+    }
+    const json pruning = json::parse(pruning_json);
+    if (!pruning.empty()) body["pruning"] = pruning;
+    if (!extra_body.empty()) {
+      const json extra = json::parse(extra_body, nullptr, /*allow_exceptions=*/false);
+      if (extra.is_discarded() || !extra.is_object()) {
+        std::cerr << "asl-loadtest: --extra-body must be a JSON object\n";
+        return 2;
+      }
+      body.merge_patch(extra);
+    }
+    http.body_extra = std::move(body);
+  } else {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(64 << 20);
+    args.SetMaxSendMessageSize(64 << 20);
+    auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+      std::cerr << "asl-loadtest: cannot connect to " << target << " within 10 s\n";
+      return 1;
+    }
+    stub = asl::v1::Generation::NewStub(channel);
+  }
+
+  std::vector<asl::loadtest::Prompt> prompts;
+  bool made = false;
+  if (!prompt_ids_path.empty()) {
+    made = asl::loadtest::ReadPromptsFile(prompt_ids_path, &prompts, &error);
+  } else if (openai) {
+    made = asl::loadtest::MakePrompts(
+        prompt_options,
+        [&http](const std::string& text, bool add_bos, std::vector<int32_t>* ids, std::string* err) {
+          return asl::loadtest::TokenizeHttp(http, text, add_bos, ids, err);
+        },
+        &prompts, &error);
+  } else {
+    made = asl::loadtest::MakePrompts(prompt_options, asl::loadtest::GrpcTokenizer(*stub), &prompts, &error);
+  }
+  if (!made) {
     std::cerr << "asl-loadtest: " << error << "\n";
     return 1;
   }
-  for (int i = 0; i < warmup; ++i) {
-    asl::v1::GenerateRequest req;
-    if (!prompts[0].token_ids.empty()) {
-      for (int32_t t : prompts[0].token_ids) req.mutable_token_ids()->add_ids(t);
-    } else {
-      req.set_prompt(prompts[0].text);
+  if (!save_prompts_path.empty()) {
+    const json meta = {{"tokenized_by", prompt_ids_path.empty() ? target : "--prompt-ids " + prompt_ids_path},
+                       {"prompt_tokens", prompt_options.num_tokens},
+                       {"prompt_file", prompt_options.file},
+                       {"seed", load.seed}};
+    if (!asl::loadtest::WritePromptsFile(save_prompts_path, prompts, meta, &error)) {
+      std::cerr << "asl-loadtest: " << error << "\n";
+      return 1;
     }
-    *req.mutable_sampling() = load.sampling;
-    *req.mutable_pruning() = load.pruning;
-    req.set_request_id("loadtest-warmup-" + std::to_string(i));
-    const asl::loadtest::RequestResult r = asl::loadtest::RunOne(*stub, req, load.timeout_s, 0);
+    if (prompts_only) {
+      std::printf("asl-loadtest: wrote %zu prompts to %s\n", prompts.size(), save_prompts_path.c_str());
+      return 0;
+    }
+  }
+
+  // One request of either transport, measured.
+  auto send = [&](const asl::loadtest::Prompt& prompt, int64_t index, const std::string& id,
+                  double run_start) -> asl::loadtest::RequestResult {
+    if (openai) {
+      return asl::loadtest::RunOneOpenAi(http, asl::loadtest::CompletionBody(http, prompt, index), run_start);
+    }
+    asl::v1::GenerateRequest req = asl::loadtest::MakeRequest(load, prompt, index);
+    if (!id.empty()) req.set_request_id(id);
+    return asl::loadtest::RunOne(*stub, req, load.timeout_s, run_start);
+  };
+  for (int i = 0; i < warmup; ++i) {
+    const asl::loadtest::RequestResult r =
+        send(prompts[0], /*index=*/0, "loadtest-warmup-" + std::to_string(i), asl::loadtest::Now());
     if (!r.ok) {
       std::cerr << "asl-loadtest: warm-up request failed: " << r.status_code << ": " << r.error << "\n";
       return 1;
     }
   }
 
-  const asl::loadtest::LoadRun run = asl::loadtest::RunLoad(load, *stub, prompts);
+  const asl::loadtest::LoadRun run = asl::loadtest::RunLoad(load, [&](int64_t i, double start) {
+    return send(prompts[static_cast<size_t>(i) % prompts.size()], i, /*id=*/"", start);
+  });
   const json summary = asl::loadtest::Summarize(run.results, run.duration_s, slo);
-  std::printf("asl-loadtest: %s, %s, %lld-token prompts, %d output tokens, policy %s\n", target.c_str(),
+  std::printf("asl-loadtest: %s %s, %s, %lld-token prompts, %d output tokens, policy %s\n", api.c_str(),
+              target.c_str(),
               load.rate > 0 ? ("Poisson " + std::to_string(load.rate) + " req/s").c_str()
                             : ("concurrency " + std::to_string(load.concurrency)).c_str(),
-              static_cast<long long>(prompt_options.num_tokens), max_tokens,
+              static_cast<long long>(prompt_ids_path.empty() ? prompt_options.num_tokens
+                                                             : static_cast<int64_t>(prompts[0].token_ids.size())),
+              max_tokens,
               policy.empty() ? "(server default)" : policy.c_str());
   std::fputs(asl::loadtest::FormatTable(summary).c_str(), stdout);
 
@@ -174,7 +288,13 @@ int main(int argc, char** argv) {
     json requests = json::array();
     for (const auto& r : run.results) requests.push_back(asl::loadtest::ToJson(r));
     json out = {{"config",
-                 {{"target", target},
+                 {{"api", api},
+                  {"target", target},
+                  {"label", label},
+                  {"model", openai ? http.model : ""},
+                  {"prompt_ids", prompt_ids_path},
+                  {"warmup", warmup},
+                  {"timeout_s", load.timeout_s},
                   {"mode", load.rate > 0 ? "poisson" : "concurrency"},
                   {"concurrency", load.concurrency},
                   {"rate", load.rate},
@@ -187,7 +307,8 @@ int main(int argc, char** argv) {
                   {"temperature", temperature},
                   {"seed", load.seed},
                   {"policy", policy},
-                  {"pruning", p->ShortDebugString()}}},
+                  {"pruning", p->ShortDebugString()},
+                  {"request_body", openai ? http.body_extra : json()}}},
                 {"summary", summary},
                 {"requests", requests}};
     std::ofstream f(json_path);

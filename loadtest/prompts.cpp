@@ -1,6 +1,9 @@
 #include "loadtest/prompts.h"
 
+#include <grpcpp/grpcpp.h>
+
 #include <fstream>
+#include <limits>
 #include <random>
 
 namespace asl::loadtest {
@@ -38,21 +41,27 @@ constexpr const char* kEssay =
     "a resource, keeping the street pattern that people already know while changing what happens inside "
     "the buildings, so that a warehouse district becomes a neighbourhood without losing its character.\n\n";
 
-grpc::Status Tokenize(v1::Generation::Stub& stub, const std::string& text, bool add_bos, std::vector<int32_t>* ids) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  v1::TokenizeRequest req;
-  req.set_text(text);
-  req.set_add_bos(add_bos);
-  v1::TokenizeResponse resp;
-  grpc::Status st = stub.Tokenize(&ctx, req, &resp);
-  ids->assign(resp.token_ids().begin(), resp.token_ids().end());
-  return st;
-}
-
 }  // namespace
 
-bool MakePrompts(const PromptOptions& options, v1::Generation::Stub& stub, std::vector<Prompt>* out,
+Tokenizer GrpcTokenizer(v1::Generation::Stub& stub) {
+  return [&stub](const std::string& text, bool add_bos, std::vector<int32_t>* ids, std::string* error) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::TokenizeRequest req;
+    req.set_text(text);
+    req.set_add_bos(add_bos);
+    v1::TokenizeResponse resp;
+    const grpc::Status st = stub.Tokenize(&ctx, req, &resp);
+    if (!st.ok()) {
+      *error = "Tokenize failed: " + st.error_message();
+      return false;
+    }
+    ids->assign(resp.token_ids().begin(), resp.token_ids().end());
+    return true;
+  };
+}
+
+bool MakePrompts(const PromptOptions& options, const Tokenizer& tokenize, std::vector<Prompt>* out,
                  std::string* error) {
   std::vector<std::string> texts;
   if (!options.file.empty()) {
@@ -81,10 +90,7 @@ bool MakePrompts(const PromptOptions& options, v1::Generation::Stub& stub, std::
   std::string all;
   for (const std::string& t : texts) all += t + "\n\n";
   std::vector<int32_t> with_bos, ids;
-  grpc::Status st = Tokenize(stub, all, /*add_bos=*/true, &with_bos);
-  if (st.ok()) st = Tokenize(stub, all, /*add_bos=*/false, &ids);
-  if (!st.ok()) {
-    *error = "Tokenize failed: " + st.error_message();
+  if (!tokenize(all, /*add_bos=*/true, &with_bos, error) || !tokenize(all, /*add_bos=*/false, &ids, error)) {
     return false;
   }
   if (ids.empty()) {
@@ -102,6 +108,63 @@ bool MakePrompts(const PromptOptions& options, v1::Generation::Stub& stub, std::
     p.token_ids.insert(p.token_ids.end(), ids.begin() + static_cast<long>(offset),
                        ids.begin() + static_cast<long>(offset + body));
     out->push_back(std::move(p));
+  }
+  return true;
+}
+
+bool ReadPromptsFile(const std::string& path, std::vector<Prompt>* out, std::string* error) {
+  std::ifstream in(path);
+  if (!in) {
+    *error = "--prompt-ids: cannot open " + path;
+    return false;
+  }
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  const nlohmann::json* list = &j;
+  if (j.is_object() && j.contains("prompts")) list = &j["prompts"];
+  if (j.is_discarded() || !list->is_array() || list->empty()) {
+    *error = "--prompt-ids: " + path + " is not {\"prompts\": [[ids...], ...]}";
+    return false;
+  }
+  out->clear();
+  for (size_t i = 0; i < list->size(); ++i) {
+    const nlohmann::json& p = (*list)[i];
+    Prompt prompt;
+    if (p.is_string() && !p.get<std::string>().empty()) {
+      prompt.text = p.get<std::string>();
+    } else if (p.is_array() && !p.empty()) {
+      for (const nlohmann::json& t : p) {
+        if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+          *error = "--prompt-ids: prompt " + std::to_string(i) + " has a bad token id " + t.dump();
+          return false;
+        }
+        prompt.token_ids.push_back(t.get<int32_t>());
+      }
+    } else {
+      *error = "--prompt-ids: prompt " + std::to_string(i) + " is neither a non-empty id array nor a string";
+      return false;
+    }
+    out->push_back(std::move(prompt));
+  }
+  return true;
+}
+
+bool WritePromptsFile(const std::string& path, const std::vector<Prompt>& prompts, const nlohmann::json& meta,
+                      std::string* error) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const Prompt& p : prompts) {
+    if (p.token_ids.empty()) {
+      list.push_back(p.text);
+    } else {
+      list.push_back(p.token_ids);
+    }
+  }
+  nlohmann::json j = meta.is_object() ? meta : nlohmann::json::object();
+  j["prompts"] = std::move(list);
+  std::ofstream f(path);
+  f << j.dump() << "\n";
+  if (!f) {
+    *error = "--save-prompts: cannot write " + path;
+    return false;
   }
   return true;
 }

@@ -1,6 +1,7 @@
 #include "loadtest/stats.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 
@@ -25,6 +26,8 @@ json Distribution(const std::vector<double>& seconds) {
 
 }  // namespace
 
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
 double Percentile(std::vector<double> values, double p) {
   if (values.empty()) return 0;
   std::sort(values.begin(), values.end());
@@ -37,7 +40,7 @@ double Percentile(std::vector<double> values, double p) {
 json Summarize(const std::vector<RequestResult>& results, double duration_s, const Slo& slo) {
   std::vector<double> ttft, tpot, itl, e2e;
   std::map<std::string, int64_t> errors;
-  int64_t completed = 0, good = 0, prompt_tokens = 0, output_tokens = 0, kv_kept = 0, kv_full = 0;
+  int64_t completed = 0, good = 0, prompt_tokens = 0, output_tokens = 0, kv_kept = 0, kv_full = 0, cached = 0;
   for (const RequestResult& r : results) {
     if (!r.ok) {
       ++errors[r.status_code];
@@ -46,6 +49,7 @@ json Summarize(const std::vector<RequestResult>& results, double duration_s, con
     ++completed;
     prompt_tokens += r.num_prompt_tokens;
     output_tokens += r.num_output_tokens;
+    cached += r.cached_prompt_tokens;
     kv_kept += r.kv_tokens_kept;
     kv_full += r.kv_tokens_full;
     if (r.ttft_s >= 0) ttft.push_back(r.ttft_s);
@@ -64,6 +68,7 @@ json Summarize(const std::vector<RequestResult>& results, double duration_s, con
           {"duration_s", duration_s},
           {"total_prompt_tokens", prompt_tokens},
           {"total_output_tokens", output_tokens},
+          {"total_cached_prompt_tokens", cached},
           {"request_throughput", completed / d},
           {"output_token_throughput", output_tokens / d},
           {"total_token_throughput", (prompt_tokens + output_tokens) / d},
@@ -89,7 +94,8 @@ json ToJson(const RequestResult& r) {
             {"kv_tokens_kept", r.kv_tokens_kept},
             {"kv_tokens_full", r.kv_tokens_full},
             {"selection_layer", r.selection_layer},
-            {"server_ttft_s", r.server_ttft_s}};
+            {"server_ttft_s", r.server_ttft_s},
+            {"cached_prompt_tokens", r.cached_prompt_tokens}};
   if (!r.ok) j["error"] = r.error;
   return j;
 }

@@ -14,7 +14,7 @@ namespace asl::loadtest {
 
 struct RequestResult {
   bool ok = false;
-  std::string status_code;      // gRPC code name ("OK", "RESOURCE_EXHAUSTED", ...)
+  std::string status_code;      // gRPC code name ("OK", "RESOURCE_EXHAUSTED", ...), or HTTP mode's (openai_client.h)
   std::string error;            // the status message when not ok
   double start_s = 0;           // send time, seconds since the run started
   double ttft_s = -1;           // -1: no token arrived
@@ -25,12 +25,16 @@ struct RequestResult {
   int64_t kv_tokens_full = 0;
   int32_t selection_layer = -1;
   double server_ttft_s = 0;     // the server's own TTFT (from submission inside the server)
+  int64_t cached_prompt_tokens = 0;  // HTTP mode: usage.prompt_tokens_details.cached_tokens
   std::vector<double> itl_s;    // inter-token latencies
 
   double tpot_s() const {
     return num_output_tokens > 1 && ttft_s >= 0 ? (e2e_s - ttft_s) / static_cast<double>(num_output_tokens - 1) : 0;
   }
 };
+
+// The clock of the measurements: seconds on std::chrono::steady_clock.
+[[nodiscard]] double Now();
 
 struct Slo {
   double ttft_ms = 0;  // 0: no SLO

@@ -257,3 +257,28 @@ def test_loadtest_smoke(stack, tmp_path):
     assert len(result["requests"]) == 10
     assert all(r["ok"] and r["output_tokens"] == 8 and r["prompt_tokens"] == 64 for r in result["requests"])
     assert result["config"]["concurrency"] == 4
+
+
+def test_loadtest_openai_mode_smoke(stack, tmp_path):
+    """asl-loadtest --api openai through the gateway, on token ids saved from the gRPC tokenizer."""
+    prompts, out = tmp_path / "prompts.json", tmp_path / "loadtest_openai.json"
+    proc = subprocess.run([
+        str(BIN_DIR / "asl-loadtest"), f"--target={stack.grpc_address}", "--prompt-tokens=64", "--num-requests=4",
+        "--seed=7", f"--save-prompts={prompts}", "--prompts-only"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ids = json.loads(prompts.read_text())["prompts"]
+    assert len(ids) == 4 and all(len(p) == 64 for p in ids)
+    proc = subprocess.run([
+        str(BIN_DIR / "asl-loadtest"), "--api=openai", f"--target={stack.base_url}", f"--prompt-ids={prompts}",
+        "--concurrency=2", "--num-requests=4", "--max-tokens=8", "--warmup=0", "--policy=full", f"--json={out}"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    s = result["summary"]
+    assert s["completed"] == 4 and s["errors"] == {}
+    assert s["total_output_tokens"] == 32 and s["total_prompt_tokens"] == 256
+    assert s["itl_ms"]["count"] == 4 * 7  # one SSE chunk per token here
+    assert 0 < s["ttft_ms"]["p50"] <= s["e2e_ms"]["max"]
+    body = result["config"]["request_body"]
+    assert body["cache_prompt"] is False and body["ignore_eos"] is True and body["pruning"] == {"policy": "full"}
+    assert all(r["ok"] and r["kv_tokens_full"] > 0 for r in result["requests"])
