@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-bench and llama-quantize for the comparison in bench/latency.py, from the
-# llama.cpp sources vendored in the PyPI sdist of llama-cpp-python (PyPI is the only network source
-# here), and write an F32 copy of the default model (same weights as asl-serve computes with: it
-# dequantises Q4_1 to float32 at load).
-#   bash bench/llamacpp.sh            -> bench/out/llama.cpp/build/bin/{llama-bench,llama-quantize}
+# Build llama.cpp's llama-bench and llama-quantize for the comparison in bench/latency.py, and
+# llama-server for bench/serving.py, from the llama.cpp sources vendored in the PyPI sdist of
+# llama-cpp-python (PyPI is the only network source here), and write an F32 copy of the default
+# model (same weights as asl-serve computes with: it dequantises Q4_1 to float32 at load).
+# llama-server is built without curl/OpenSSL (no model downloads, no TLS) and without fetching its
+# Web UI (LLAMA_USE_PREBUILT_UI=OFF: the build would otherwise try a Hugging Face download).
+#   bash bench/llamacpp.sh            -> bench/out/llama.cpp/build/bin/{llama-bench,llama-quantize,llama-server}
 #                                        bench/out/SmolLM2-135M-Instruct.F32.gguf
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,11 +24,13 @@ export CCACHE_BASEDIR="$SRC"
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-  -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF "${launcher[@]}"
-cmake --build "$SRC/build" -j "$(nproc)" --target llama-bench llama-quantize
+  -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+  -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF "${launcher[@]}"
+cmake --build "$SRC/build" -j "${JOBS:-$(nproc)}" --target llama-bench llama-quantize llama-server
 F32="$OUT/SmolLM2-135M-Instruct.F32.gguf"
 if [ ! -f "$F32" ]; then
   "$SRC/build/bin/llama-quantize" --allow-requantize "$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$F32" F32
 fi
-echo "llama-bench: $SRC/build/bin/llama-bench"
+echo "llama-bench:  $SRC/build/bin/llama-bench"
+echo "llama-server: $SRC/build/bin/llama-server"
 echo "F32 model:   $F32"
