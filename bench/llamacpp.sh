@@ -21,11 +21,18 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
   rm -rf "$tmp"
 fi
 export CCACHE_BASEDIR="$SRC"
+# AMX off by default: GGML_NATIVE turns it on where cpuid reports AMX, and ggml's runtime check
+# (arch_prctl ARCH_REQ_XCOMP_PERM) passes on these VMs although the kernel does not support the
+# tile data state (ARCH_GET_XCOMP_SUPP lacks XTILEDATA), so the first AMX matmul (a Q4_1 prefill)
+# dies with SIGILL. LLAMA_AMX=ON keeps it on for hosts where AMX really works.
+amx_flags=""
+[ "${LLAMA_AMX:-OFF}" = ON ] || amx_flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
   -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
-  -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF "${launcher[@]}"
+  -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DCMAKE_C_FLAGS="$amx_flags" -DCMAKE_CXX_FLAGS="$amx_flags" \
+  "${launcher[@]}"
 cmake --build "$SRC/build" -j "${JOBS:-$(nproc)}" --target llama-bench llama-quantize llama-server
 F32="$OUT/SmolLM2-135M-Instruct.F32.gguf"
 if [ ! -f "$F32" ]; then
