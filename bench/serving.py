@@ -21,7 +21,9 @@ What it does, for one configuration:
   bash bench/llamacpp.sh      # once: builds bench/out/llama.cpp/build/bin/llama-server
   .venv/bin/python bench/serving.py --out bench/out/serving --prompt-tokens 2048 4096 \\
       --concurrency 4 --rate 0.05 --num-requests 16 --policies full asl --kv-budget 512 --select-k 512 \\
-      --variant onestep:--scheduler.step_prefill_budget=0 --variant sliced: --repeats 3
+      --variant onestep:--scheduler.step_prefill_budget=0 --variant sliced:--scheduler.step_prefill_budget=B \\
+      --repeats 3
+(B: the per-step prefill budget under test, in token-layers; see asl-server --help.)
 
 A small end-to-end check (a few minutes on 2 cores):
   .venv/bin/python bench/serving.py --out /tmp/serving-smoke --prompt-tokens 128 --concurrency 2 \\
