@@ -1,12 +1,14 @@
 // The numbers behind the layer-sliced prefill's cost model and default budget
-// (bench/results/prefill_slices.md): the wall time of one prefill layer of a prompt of n tokens
-// (full policy, one segment), against the cost model's estimate, and the time of one decode step
-// of B sequences at that context. Fits t(layer) = a * n + b * n (n + 1) / 2 by least squares, so
-// b / a is the attention pair weight in token-layers; prints it beside the weight the runner
-// derives from the model's shape.
+// (bench/results/prefill_slices.md), for prompts of n tokens (full policy, one segment):
+// - the wall time of one whole prefill layer, against the cost model's estimate; fits
+//   t(layer) = a * n + b * n (n + 1) / 2 by least squares, so b / a is the attention pair weight in
+//   token-layers, printed beside the weight the runner derives from the model's shape;
+// - the whole prefill with whole layers against chunks of --chunk-rows rows (what chunking costs),
+//   alternated rep by rep, and the median time of one chunk;
+// - one decode step of B sequences at that context.
 //   cmake --build build --target asl-prefill-slice-bench
 //   build/bin/asl-prefill-slice-bench [model.gguf] [--lengths 256,512,1024,2048,4096] [--reps 3]
-//                                     [--decode-batch 1,4,8] [--threads N]
+//                                     [--decode-batch 1,4,8] [--chunk-rows 512] [--threads N]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -19,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/kv/block_pool.h"
 #include "engine/kv/dense_kv_cache.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/model_loader.h"
@@ -58,6 +61,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> lengths = {256, 512, 1024, 2048, 4096};
   std::vector<int64_t> batches = {1, 4, 8};
   int reps = 3, threads = 0;
+  int64_t chunk_rows = 512;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -71,6 +75,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode-batch") batches = ParseList(next());
     else if (a == "--reps") reps = std::stoi(next());
     else if (a == "--threads") threads = std::stoi(next());
+    else if (a == "--chunk-rows") chunk_rows = std::stoll(next());
     else if (!a.empty() && a[0] != '-') path = a;
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
@@ -91,51 +96,77 @@ int main(int argc, char** argv) {
   if (!ResolvePruningParams(&params, L).ok()) return 1;
 
   std::printf("model %s, %d layers, threads %d\n", c.name.c_str(), L, at::get_num_threads());
-  std::printf("| prompt n | layer ms (median of %d x %d layers) | decode step ms, B = ", reps, L);
+  std::printf("| prompt n | layer ms (median of %d x %d layers) | prefill s, whole layers | prefill s, chunks of %lld "
+              "| chunk ms (median) | decode step ms, B = ",
+              reps, L, static_cast<long long>(chunk_rows));
   for (int64_t b : batches) std::printf("%lld ", static_cast<long long>(b));
-  std::printf("|\n");
+  std::printf("|\n|---|---|---|---|---|---|\n");
   std::vector<double> ns, ts;
+  const runner::PrefillOptions whole_layers{0}, chunked{chunk_rows};
   for (int64_t n : lengths) {
-    std::vector<double> layer_ms;
+    std::vector<double> layer_ms, chunk_ms, whole_s, chunked_s;
     std::vector<double> decode_ms(batches.size(), 0);
     for (int r = 0; r < reps; ++r) {
-      kv::DenseKvCache cache(L);
+      // A prefill timed step by step (one layer, or one chunk, per Advance) with fresh state.
+      auto timed = [&](const runner::PrefillOptions& options, std::vector<double>* per_step) {
+        kv::DenseKvCache cache(L);
+        runner::ModelRunner runner(&m, &cache, options);
+        prune::PruningPolicy policy(params, L, c.num_kv_heads, n);
+        if (!cache.AddSequence(0).ok()) std::exit(1);
+        auto job = runner.StartPrefill({{0, Prompt(n, 7 + 100 * r), &policy}});
+        if (!job.ok()) std::exit(1);
+        const auto start = Clock::now();
+        while (!job->done()) {
+          const auto t0 = Clock::now();
+          auto slice = runner.Advance(*job, /*budget=*/per_step ? 1e-9 : 0);
+          if (!slice.ok()) {
+            std::fprintf(stderr, "%s\n", slice.status().ToString().c_str());
+            std::exit(1);
+          }
+          if (per_step) per_step->push_back(Ms(Clock::now() - t0));
+        }
+        return Ms(Clock::now() - start) / 1e3;
+      };
+      timed(whole_layers, &layer_ms);
+      timed(chunked, &chunk_ms);
+      // Whole prefills, alternated.
+      whole_s.push_back(timed(whole_layers, nullptr));
+      chunked_s.push_back(timed(chunked, nullptr));
+
+      // Decode as the server runs it: the paged pool and its decode attention kernel.
+      auto pool = kv::BlockPool::Create(kv::BlockPoolOptions{L, c.num_kv_heads, c.head_dim, at::kFloat, at::kCPU, 16,
+                                                             /*num_blocks=*/0, /*bytes=*/int64_t{2} << 30});
+      if (!pool.ok()) return 1;
+      kv::PagedKvCache cache(pool->get());
       runner::ModelRunner runner(&m, &cache);
       const int64_t max_b = *std::max_element(batches.begin(), batches.end());
       std::vector<std::unique_ptr<prune::PruningPolicy>> policies;
       std::vector<runner::PrefillSeq> seqs;
-      // One prompt is timed layer by layer; the others (same length) only fill the cache for decode.
       for (int64_t b = 0; b < max_b; ++b) {
         policies.push_back(std::make_unique<prune::PruningPolicy>(params, L, c.num_kv_heads, n));
         if (!cache.AddSequence(b).ok()) return 1;
         seqs.push_back({b, Prompt(n, 7 + b + 100 * r), policies.back().get()});
       }
-      auto job = runner.StartPrefill({seqs[0]});
-      if (!job.ok()) return 1;
-      while (!job->done()) {
-        const auto t0 = Clock::now();
-        auto slice = runner.Advance(*job, /*budget=*/1e-9);  // one layer per call
-        if (!slice.ok()) {
-          std::fprintf(stderr, "%s\n", slice.status().ToString().c_str());
-          return 1;
-        }
-        layer_ms.push_back(Ms(Clock::now() - t0));
-      }
-      std::vector<runner::PrefillSeq> rest(seqs.begin() + 1, seqs.end());
-      if (!rest.empty() && !runner.Prefill(rest).ok()) return 1;
+      if (!runner.Prefill(seqs).ok()) return 1;
       for (size_t bi = 0; bi < batches.size(); ++bi) {
         std::vector<runner::DecodeSeq> dec;
         for (int64_t b = 0; b < batches[bi]; ++b) dec.push_back({b, 1000, n});
-        // Each timed step appends one token; the context grows by reps * batches tokens at most.
-        const auto t0 = Clock::now();
-        if (!runner.Decode(dec).ok()) return 1;
-        decode_ms[bi] += Ms(Clock::now() - t0) / reps;
+        // The median of 5 steps; each appends one token.
+        std::vector<double> steps;
+        for (int k = 0; k < 5; ++k) {
+          for (auto& d : dec) d.position = n + k + static_cast<int64_t>(bi) * 5;
+          const auto t0 = Clock::now();
+          if (!runner.Decode(dec).ok()) return 1;
+          steps.push_back(Ms(Clock::now() - t0));
+        }
+        decode_ms[bi] += Median(steps) / reps;
       }
     }
     const double med = Median(layer_ms);
     ns.push_back(static_cast<double>(n));
     ts.push_back(med);
-    std::printf("| %lld | %.2f | ", static_cast<long long>(n), med);
+    std::printf("| %lld | %.2f | %.3f | %.3f | %.2f | ", static_cast<long long>(n), med, Median(whole_s),
+                Median(chunked_s), Median(chunk_ms));
     for (double d : decode_ms) std::printf("%.2f ", d);
     std::printf("|\n");
   }

@@ -374,7 +374,10 @@ void EngineImpl::Step() {
     step.decode_seconds = Seconds(Clock::now() - t0);
     step.num_decode_seqs = static_cast<int64_t>(plan.decode.size());
   }
-  if (!plan.prefill.empty()) StartPrefill(plan.prefill);
+  if (!plan.prefill.empty()) {
+    StartPrefill(plan.prefill);
+    PublishStats();  // the admissions show (running, prefilling) while the slice runs
+  }
   if (prefill_) AdvancePrefill(plan.prefill_budget, step);
   PublishStats();
   if (metrics_) metrics_->OnStep(Stats(), step);

@@ -27,9 +27,11 @@ struct EngineConfig {
   int max_waiting = 256;           // waiting queue limit: beyond it Submit fails RESOURCE_EXHAUSTED
   int max_prefill_tokens = 8192;   // prompt tokens admitted into one prefill batch
   // Estimated prefill work per engine step, in token-layers (runner::PrefillCostModel): each step
-  // runs one decode token for every running sequence, then whole layers of the prefill in flight
-  // while their cost fits (at least one). 0 = every prefill runs whole in one step.
-  double step_prefill_budget = 0;
+  // runs one decode token for every running sequence, then chunks of the prefill in flight while
+  // their cost fits (at least one). 0 = every prefill runs whole in one step. The default, about
+  // 100 ms of the default model's prefill on the 2-core development CPU (3-4 of its single-stream
+  // decode steps at 1-2k tokens of context), is from bench/results/prefill_slices.md.
+  double step_prefill_budget = 2048;
   // Rows of the prefill batch one chunk of a layer computes: the smallest slice, which bounds a
   // step's prefill time whatever the prompt's length. 0 = whole layers.
   int prefill_chunk_rows = 512;

@@ -197,7 +197,7 @@ TEST_F(EngineTest, DecodeKeepsFlowingWhileALongPromptPrefills) {
   const std::vector<TokenId> alone = RunAlone(longer);
   // Sliced (one layer per step) and in one step, the setting the slicing replaces.
   for (double budget : {1e-9, 0.0}) {
-    SCOPED_TRACE("step_prefill_budget " + std::to_string(budget));
+    SCOPED_TRACE(budget > 0 ? "one chunk per step" : "one-step prefill");
     EngineConfig c = Config(256 << 20);
     c.step_prefill_budget = budget;
     auto engine = Engine::Create(c);
@@ -217,8 +217,8 @@ TEST_F(EngineTest, DecodeKeepsFlowingWhileALongPromptPrefills) {
     const int slices = big->finish.pruning.num_prefill_slices;
     const int stream_tokens = log.Between(0, 1);
     if (budget > 0) {
-      // 30 layers, at most one per step; a second pass (none here) would add more.
-      EXPECT_EQ(slices, 30);
+      // One chunk of at most 512 rows per step: 3 per layer while the 1200 tokens last, then one.
+      EXPECT_GE(slices, 30);
       // Every step decoded the running stream before its slice: a token per slice at least.
       EXPECT_GE(stream_tokens, slices);
     } else {

@@ -310,12 +310,17 @@ def test_deadline_mid_prefill_frees_blocks(server):
     assert 2000 < n <= 2500
     before = metrics(server)
     with pytest.raises(grpc.RpcError) as e:
-        generate(server.stub, prompt=prompt, sampling=greedy(4, ignore_eos=True), timeout=1.0)
+        generate(server.stub, prompt=prompt, sampling=greedy(4, ignore_eos=True), timeout=1.0,
+                 pruning=pb.PruningParams(policy="snapkv", kv_budget=256))  # fits the test's small pool
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    cancelled = sample(before, "asl_requests", "asl_requests_total", status="cancelled")
+    deadline = time.time() + 60
+    while sample(metrics(server), "asl_requests", "asl_requests_total", status="cancelled") == cancelled:
+        assert time.time() < deadline, "the engine never ended the request"
+        time.sleep(0.05)
     m = wait_blocks_free(server)
     assert sample(m, "asl_requests_prefilling", "asl_requests_prefilling") == 0
-    assert sample(m, "asl_requests", "asl_requests_total", status="cancelled") == \
-        sample(before, "asl_requests", "asl_requests_total", status="cancelled") + 1
+    assert sample(m, "asl_requests", "asl_requests_total", status="cancelled") == cancelled + 1
     assert_still_serving(server)
 
 
