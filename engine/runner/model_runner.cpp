@@ -70,7 +70,7 @@ std::vector<Segment> MergeIdentical(std::vector<Segment> batch) {
   return merged;
 }
 
-// Measured on the 2-core Zen 4 machine (bench/results/prefill_slices.md, "Cost model"): one FLOP of
+// Measured on the 2-core development machine (bench/results/prefill_slices.md, "Cost model"): one FLOP of
 // prefill attention (libtorch's CPU flash attention) costs this many FLOPs of projection GEMM time.
 constexpr double kAttentionFlopCost = 1.0;
 

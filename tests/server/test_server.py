@@ -400,9 +400,14 @@ def test_sigterm_grace_expiry_aborts(fresh_server_dir):
 def test_queue_full_is_resource_exhausted(fresh_server_dir):
     s = start_server(fresh_server_dir, "--scheduler.max_num_seqs=1", "--scheduler.max_waiting=1")
     try:
-        calls = [s.stub.Generate(pb.GenerateRequest(prompt="Go on.", sampling=greedy(1000, ignore_eos=True)),
-                                 timeout=300) for _ in range(2)]
+        def call():
+            return s.stub.Generate(pb.GenerateRequest(prompt="Go on.", sampling=greedy(1000, ignore_eos=True)),
+                                   timeout=300)
+        # One at a time: two calls sent together may reach the engine in either order, and then the
+        # first token of calls[0] would come only after calls[1] had finished.
+        calls = [call()]
         next(iter(calls[0]))  # running
+        calls.append(call())
         # The second one waits: poll the gauges rather than sleep, a loaded machine may take a while
         # to deliver the second call to the engine.
         deadline = time.time() + 60
