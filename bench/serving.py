@@ -29,8 +29,10 @@ A small end-to-end check (a few minutes on 2 cores):
   .venv/bin/python bench/serving.py --out /tmp/serving-smoke --prompt-tokens 128 --concurrency 2 \\
       --rate 0.5 --num-requests 4 --max-tokens 16 --repeats 1 --policies full asl --kv-budget 64 --select-k 64
 
-Servers' logs go to --out/logs/. Ports: --port-base (llama-server), +10, +20, ... (asl variants:
-gRPC, metrics, HTTP at +0, +1, +2). Uses only the Python standard library.
+An interrupted invocation (Ctrl-C, a lost machine) continues with the same arguments plus --resume:
+the runs already in raw/ are kept and only the missing ones run. Servers' logs go to --out/logs/.
+Ports: --port-base (llama-server), +10, +20, ... (asl variants: gRPC, metrics, HTTP at +0, +1, +2).
+Uses only the Python standard library.
 """
 import argparse
 import datetime
@@ -63,10 +65,14 @@ def commit():
 class Server:
     """A child process with its log in a file; stop() sends SIGTERM, then SIGKILL after a grace."""
 
+    append_logs = False  # --resume: keep the interrupted invocation's logs
+
     def __init__(self, name, cmd, log_dir):
         self.name, self.cmd = name, cmd
         self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "a" if Server.append_logs else "w")
+        self._log.write(f"=== {datetime.datetime.now():%Y-%m-%d %H:%M:%S} {shlex.join(cmd)}\n")
+        self._log.flush()
         log(f"start {name}: {shlex.join(cmd)}")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
 
@@ -174,6 +180,9 @@ def main():
     ap.add_argument("--slo-ttft", type=float, default=10000, help="goodput SLO on TTFT, ms")
     ap.add_argument("--slo-tpot", type=float, default=250, help="goodput SLO on TPOT, ms")
     ap.add_argument("--timeout", type=float, default=1800, help="per-request timeout of asl-loadtest, s")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in --out/raw (an interrupted invocation with the same arguments) "
+                         "and run only the missing ones")
     ap.add_argument("--port-base", type=int, default=51250)
     ap.add_argument("--health-timeout", type=float, default=300)
     a = ap.parse_args()
@@ -181,6 +190,7 @@ def main():
     signal.signal(signal.SIGTERM, on_sigterm)
 
     out = pathlib.Path(a.out).resolve()
+    Server.append_logs = a.resume
     for sub in ("raw", "logs", "prompts"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     bin_dir = pathlib.Path(a.bin_dir)
@@ -268,10 +278,19 @@ def main():
                                f"--warmup={a.warmup}", f"--seed={a.seed}", f"--timeout={a.timeout:g}",
                                f"--slo-ttft={a.slo_ttft:g}", f"--slo-tpot={a.slo_tpot:g}", f"--label={t['name']}",
                                *shape_args, *t["args"], f"--json={raw}"]
+                        txt = out / "raw" / (raw.stem + ".txt")
+                        if a.resume and raw.exists() and txt.exists():
+                            # Kept from an earlier invocation: its command is the first line of the .txt.
+                            summary = json.loads(raw.read_text())["summary"]
+                            log(f"rep {rep} p{n} {shape} {t['name']}: kept from {raw.name}")
+                            runs.append(dict(rep=rep, prompt_tokens=n, shape=kind, value=value, target=t["name"],
+                                             command=txt.read_text().splitlines()[0], rc=0, summary=summary,
+                                             loadavg=[], raw=str(raw.relative_to(out)), resumed=True))
+                            continue
                         log(f"rep {rep} p{n} {shape} {t['name']}")
                         t0, load_before = time.time(), os.getloadavg()[0]
                         p = subprocess.run(cmd, capture_output=True, text=True)
-                        (out / "raw" / (raw.stem + ".txt")).write_text(shlex.join(cmd) + "\n" + p.stdout + p.stderr)
+                        txt.write_text(shlex.join(cmd) + "\n" + p.stdout + p.stderr)
                         summary = json.loads(raw.read_text())["summary"] if raw.exists() else None
                         if p.returncode != 0:
                             log(f"  asl-loadtest exited {p.returncode}: {(p.stderr or p.stdout)[-500:]}")
@@ -334,6 +353,7 @@ def main():
 
     all_loads = [x for r in runs for x in r["loadavg"]]
     loads = f"{min(all_loads):.1f}-{max(all_loads):.1f}" if all_loads else "-"
+    resumed = sum(1 for r in runs if r.get("resumed"))
     lines = [
         "# Serving under load: asl-serve vs llama.cpp's llama-server (OpenAI HTTP API)", "",
         f"- date: {meta['date']}; commit: {meta['commit']}; machine: {meta['machine']}",
@@ -350,6 +370,8 @@ def main():
         "latencies: median over repetitions of each run's percentile; out tok/s, goodput and ITL max: "
         "median (min-max) over repetitions",
         f"- command: `{meta['command']}`; wall time {meta['wall_s'] / 60:.1f} min",
+        *([f"- {resumed} of {len(runs)} runs kept from an earlier, interrupted invocation (--resume; their "
+           "commands are in raw/*.txt, their load averages are not recorded)"] if resumed else []),
         f"- 1-minute load average at the start and end of the runs: {loads}"
         " (the server under test keeps about 2 threads busy; clearly more means other work shared the cores)",
         "- servers:", *[f"  - `{s['command']}`" for s in config["servers"]],

@@ -120,7 +120,7 @@ class EngineImpl final : public Engine, private sched::PoolFacts {
   bool drain_ = false;
   Clock::time_point drain_deadline_;
   std::atomic<uint64_t> next_id_{1};
-  std::atomic<int64_t> num_queued_{0};  // inbox + waiting, for the max_waiting check
+  WaitingSlots waiting_;  // inbox + waiting, for the max_waiting check
   std::thread thread_;
   std::once_flag shutdown_once_;
 
@@ -192,7 +192,7 @@ Status EngineImpl::Init() {
     config_.max_model_len = static_cast<int>(mc.max_position_embeddings);
   }
   outputs_ = std::make_unique<OutputProcessor>(tokenizer_->stop_token_ids(), config_.max_model_len, kv_.get(),
-                                               scheduler_.get(), metrics_.get(), &num_queued_);
+                                               scheduler_.get(), metrics_.get(), &waiting_);
 
   info_.name = mc.name;
   info_.arch = model::ArchName(mc.arch);
@@ -232,7 +232,7 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   ASL_RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, mc.vocab_size));
   ASL_RETURN_IF_ERROR(ResolvePruningParams(&request.pruning, static_cast<int>(mc.num_layers)));
   if (n + request.sampling.max_tokens > config_.max_model_len) {
-    return InvalidArgument("max_tokens: prompt (" + std::to_string(n) + " tokens) + max_tokens (" +
+    return OutOfRange("sampling.max_tokens: prompt (" + std::to_string(n) + " tokens) + max_tokens (" +
                            std::to_string(request.sampling.max_tokens) + ") exceeds the context length (" +
                            std::to_string(config_.max_model_len) + ")");
   }
@@ -261,18 +261,18 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
 
   std::lock_guard<std::mutex> lock(mu_);
   if (!accepting_) return Unavailable("engine is shutting down");
-  if (num_queued_.load() >= config_.max_waiting) {
+  const RequestId id = next_id_++;
+  if (!waiting_.Take(id, config_.max_waiting)) {
     return ResourceExhausted("queue full: " + std::to_string(config_.max_waiting) + " requests already waiting");
   }
-  const RequestId id = next_id_++;
   e->seq.id = id;
-  num_queued_++;
   inbox_.push_back(std::move(e));
   cv_.notify_one();
   return id;
 }
 
 void EngineImpl::Cancel(RequestId id) {
+  waiting_.Release(id);  // at once: the engine thread sees the cancel only after its current step
   std::lock_guard<std::mutex> lock(mu_);
   cancels_.push_back(id);
   cv_.notify_one();
@@ -392,7 +392,7 @@ void EngineImpl::StartPrefill(const std::vector<sched::Sequence*>& seqs) {
     if (!s->scheduled_once) {
       s->scheduled_once = true;
       s->first_scheduled_time = Clock::now();
-      num_queued_--;
+      waiting_.Release(s->id);
     }
     Status st = kv_->AddSequence(static_cast<kv::SeqId>(s->id));
     if (!st.ok()) {

@@ -84,7 +84,7 @@ void OutputProcessor::Finish(Entry& e, FinishReason reason, Status status) {
   const auto now = sched::Clock::now();
   kv_->FreeSequence(static_cast<kv::SeqId>(s.id));
   scheduler_->Remove(&s);
-  if (!s.scheduled_once) (*num_queued_)--;
+  if (!s.scheduled_once) waiting_->Release(s.id);
   s.state = sched::SeqState::kFinished;
 
   FinishEvent ev;

@@ -8,13 +8,13 @@
 // Thread: engine thread only (sinks and metrics are called from here).
 #pragma once
 
-#include <atomic>
 #include <memory>
 #include <unordered_map>
 #include <vector>
 
 #include "engine/engine.h"
 #include "engine/engine_entry.h"
+#include "engine/waiting_slots.h"
 
 namespace asl {
 
@@ -24,12 +24,12 @@ namespace sched { class Scheduler; }
 class OutputProcessor {
  public:
   // eos_ids: tokens that end a request unless it asks ignore_eos. max_model_len bounds prompt +
-  // outputs. num_queued counts requests submitted but never scheduled (the engine's queue limit).
-  // kv, scheduler and metrics (may be null) must outlive this object.
+  // outputs. waiting: the queue limit's slots, released when a never-scheduled request finishes.
+  // kv, scheduler, metrics (may be null) and waiting must outlive this object.
   OutputProcessor(std::vector<TokenId> eos_ids, int max_model_len, kv::KvCache* kv, sched::Scheduler* scheduler,
-                  EngineMetrics* metrics, std::atomic<int64_t>* num_queued)
+                  EngineMetrics* metrics, WaitingSlots* waiting)
       : eos_ids_(std::move(eos_ids)), max_model_len_(max_model_len), kv_(kv), scheduler_(scheduler),
-        metrics_(metrics), num_queued_(num_queued) {}
+        metrics_(metrics), waiting_(waiting) {}
 
   // The request table.
   Entry& Add(std::unique_ptr<Entry> entry);
@@ -53,7 +53,7 @@ class OutputProcessor {
   kv::KvCache* kv_;
   sched::Scheduler* scheduler_;
   EngineMetrics* metrics_;
-  std::atomic<int64_t>* num_queued_;
+  WaitingSlots* waiting_;
   std::unordered_map<RequestId, std::unique_ptr<Entry>> entries_;
 };
 

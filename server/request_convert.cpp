@@ -26,7 +26,7 @@ std::string Where(const std::string& field, const FieldDescriptor* fd, int index
 }
 
 Status TooLong(const std::string& field, size_t n, int64_t limit) {
-  return InvalidArgument(field + ": " + std::to_string(n) + " tokens, more than the longest prompt accepted (" +
+  return OutOfRange(field + ": " + std::to_string(n) + " tokens, more than the longest prompt accepted (" +
                          std::to_string(limit) + " tokens; server.max_prompt_tokens)");
 }
 
@@ -72,6 +72,7 @@ grpc::Status ToGrpcStatus(const Status& st) {
     case asl::StatusCode::kInvalidArgument: code = StatusCode::INVALID_ARGUMENT; break;
     case asl::StatusCode::kNotFound: code = StatusCode::NOT_FOUND; break;
     case asl::StatusCode::kDataLoss: code = StatusCode::DATA_LOSS; break;
+    case asl::StatusCode::kOutOfRange: code = StatusCode::OUT_OF_RANGE; break;
     case asl::StatusCode::kResourceExhausted: code = StatusCode::RESOURCE_EXHAUSTED; break;
     case asl::StatusCode::kUnavailable: code = StatusCode::UNAVAILABLE; break;
     case asl::StatusCode::kCancelled: code = StatusCode::CANCELLED; break;
@@ -89,6 +90,7 @@ std::string GrpcCodeLabel(grpc::StatusCode code) {
     case grpc::StatusCode::INVALID_ARGUMENT: return "invalid_argument";
     case grpc::StatusCode::DEADLINE_EXCEEDED: return "deadline_exceeded";
     case grpc::StatusCode::NOT_FOUND: return "not_found";
+    case grpc::StatusCode::OUT_OF_RANGE: return "out_of_range";
     case grpc::StatusCode::RESOURCE_EXHAUSTED: return "resource_exhausted";
     case grpc::StatusCode::UNIMPLEMENTED: return "unimplemented";
     case grpc::StatusCode::UNAVAILABLE: return "unavailable";

@@ -17,6 +17,7 @@ enum class StatusCode {
   kInvalidArgument,     // a request field or parameter is wrong (the message names it)
   kNotFound,            // a file or id does not exist
   kDataLoss,            // a model file is truncated or corrupt (the message names the file)
+  kOutOfRange,          // prompt (+ max_tokens) longer than the context or the prompt limit
   kResourceExhausted,   // queue full, prompt larger than the pool
   kUnavailable,         // shutting down
   kCancelled,
@@ -46,6 +47,7 @@ class [[nodiscard]] Status {
 inline Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
 inline Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
 inline Status DataLoss(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
+inline Status OutOfRange(std::string m) { return {StatusCode::kOutOfRange, std::move(m)}; }
 inline Status ResourceExhausted(std::string m) { return {StatusCode::kResourceExhausted, std::move(m)}; }
 inline Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
 inline Status Unimplemented(std::string m) { return {StatusCode::kUnimplemented, std::move(m)}; }

@@ -34,6 +34,7 @@ ApiError InvalidRequest(std::string param, std::string message) {
 std::string OpenAiParamFor(const std::string& proto_path) {
   std::string_view p = proto_path;
   if (StartsWith(p, "sampling.")) p.remove_prefix(9);
+  if (p == "chat") return "messages";
   if (StartsWith(p, "chat.")) return std::string(p.substr(5));
   if (StartsWith(p, "token_ids")) return "prompt" + std::string(p.substr(9));
   if (p == "input") return "prompt";
@@ -48,6 +49,11 @@ ApiError FromGrpcStatus(const grpc::Status& status) {
       e.http_status = 400;
       e.type = "invalid_request_error";
       e.code = "invalid_value";
+      break;
+    case grpc::StatusCode::OUT_OF_RANGE:  // prompt (+ max_tokens) longer than the model takes
+      e.http_status = 400;
+      e.type = "invalid_request_error";
+      e.code = "context_length_exceeded";
       break;
     case grpc::StatusCode::RESOURCE_EXHAUSTED:
       e.http_status = 429;

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "server/gateway/backend.h"
@@ -38,15 +39,27 @@ Gateway::~Gateway() { Stop(); }
 void Gateway::RegisterRoutes() {
   const CompletionHandlerOptions handler_options{options_.model_name, options_.request_timeout_seconds};
   Backend* backend = backend_.get();
-  http_->Post("/v1/chat/completions", [backend, handler_options](const httplib::Request& req, httplib::Response& res) {
+  // Every route goes through `route`, so that a wrong method on an existing path is a 405 with an
+  // Allow header (not httplib's 404). GET routes answer HEAD too (httplib).
+  std::map<std::string, std::string> allow;
+  auto route = [&](const std::string& method, const std::string& path, httplib::Server::Handler handler) {
+    if (method == "GET") {
+      http_->Get(path, std::move(handler));
+    } else {  // POST
+      http_->Post(path, std::move(handler));
+    }
+    std::string& a = allow[path];
+    a += (a.empty() ? "" : ", ") + method + (method == "GET" ? ", HEAD" : "");
+  };
+  route("POST", "/v1/chat/completions", [backend, handler_options](const httplib::Request& req, httplib::Response& res) {
     HandleCompletion(Endpoint::kChatCompletions, *backend, handler_options, req, res);
   });
-  http_->Post("/v1/completions", [backend, handler_options](const httplib::Request& req, httplib::Response& res) {
+  route("POST", "/v1/completions", [backend, handler_options](const httplib::Request& req, httplib::Response& res) {
     HandleCompletion(Endpoint::kCompletions, *backend, handler_options, req, res);
   });
 
   const std::string model_name = options_.model_name;
-  http_->Get("/v1/models", [backend, model_name](const httplib::Request&, httplib::Response& res) {
+  route("GET", "/v1/models", [backend, model_name](const httplib::Request&, httplib::Response& res) {
     v1::ModelInfo info;
     const grpc::Status st = backend->GetModelInfo(&info, 5.0);
     if (!st.ok()) {
@@ -76,7 +89,7 @@ void Gateway::RegisterRoutes() {
     SendJson(res, 200, {{"object", "list"}, {"data", json::array({model})}});
   });
 
-  http_->Get("/health", [backend](const httplib::Request&, httplib::Response& res) {
+  route("GET", "/health", [backend](const httplib::Request&, httplib::Response& res) {
     bool serving = false;
     const grpc::Status st = backend->CheckHealth(&serving, 2.0);
     if (serving) {
@@ -88,15 +101,21 @@ void Gateway::RegisterRoutes() {
     }
   });
 
-  http_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    // Routes that exist answered already; this covers unknown paths and methods (404/405) and
-    // bodies over the limit (413), with an OpenAI-style body.
+  http_->set_error_handler([allow](const httplib::Request& req, httplib::Response& res) {
+    // Routes that exist answered already; this covers unknown paths (404), known paths with another
+    // method (405 + Allow) and bodies over the limit (413), with an OpenAI-style body.
     if (!res.body.empty()) return;
     ApiError e;
+    if (auto it = allow.find(req.path); res.status == 404 && it != allow.end()) {
+      res.status = 405;
+      res.set_header("Allow", it->second);
+      e.message = req.method + " is not allowed on " + req.path + " (allowed: " + it->second + ")";
+    } else {
+      e.message = res.status == 404 ? "no route for " + req.method + " " + req.path
+                                    : "request failed with HTTP " + std::to_string(res.status);
+    }
     e.http_status = res.status;
     e.type = res.status == 404 ? "not_found" : "invalid_request_error";
-    e.message = res.status == 404 ? "no route for " + req.method + " " + req.path
-                                  : "request failed with HTTP " + std::to_string(res.status);
     SendJson(res, res.status, ToJson(e));
   });
   http_->set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {

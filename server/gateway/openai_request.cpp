@@ -16,6 +16,8 @@ namespace {
 using nlohmann::json;
 
 // Reads body[key] with a type check. Absent and null mean "unset" (return true, leave `out`).
+// Every field read from a client goes through this (or an explicit is_*() check before get<>()):
+// nlohmann's value() and get<>() throw on a type mismatch, which would be an HTTP 500.
 class Fields {
  public:
   Fields(const json& obj, std::string prefix, ApiError* error) : obj_(obj), prefix_(std::move(prefix)), error_(error) {}
@@ -25,6 +27,7 @@ class Fields {
     return it == obj_.end() || it->is_null() ? nullptr : &*it;
   }
   std::string Name(const char* key) const { return prefix_ + key; }
+  ApiError* error() const { return error_; }
 
   bool Fail(const char* key, const std::string& what) const {
     *error_ = InvalidRequest(Name(key), Name(key) + ": " + what);
@@ -120,12 +123,16 @@ bool ParseMessages(const json& body, v1::ChatMessages* chat, ApiError* error) {
       for (size_t k = 0; k < c->size(); ++k) {
         const json& part = (*c)[k];
         const std::string pw = where + ".content[" + std::to_string(k) + "]";
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
-            !part["text"].is_string()) {
-          *error = InvalidRequest(pw, pw + ": only {\"type\": \"text\", \"text\": ...} parts are supported");
+        if (!part.is_object()) {
+          *error = InvalidRequest(pw, pw + ": must be an object {\"type\": \"text\", \"text\": ...}");
           return false;
         }
-        content += part["text"].get<std::string>();
+        const Fields pf(part, pw + ".", error);
+        std::optional<std::string> type, text;
+        if (!pf.String("type", &type) || !pf.String("text", &text)) return false;
+        if (type != "text") return pf.Fail("type", "only \"text\" parts are supported");
+        if (!text) return pf.Fail("text", "required");
+        content += *text;
       }
     } else if (c != m.end() && !c->is_null()) {
       *error = InvalidRequest(where + ".content", where + ".content: must be a string or an array of text parts");
@@ -346,8 +353,12 @@ bool RejectUnsupported(Endpoint endpoint, const Fields& f) {
   if (const json* bias = f.Get("logit_bias"); bias && !(bias->is_object() && bias->empty())) {
     return f.Fail("logit_bias", "logit_bias is not supported");
   }
-  if (const json* rf = f.Get("response_format"); rf && !(rf->is_object() && rf->value("type", "text") == "text")) {
-    return f.Fail("response_format", "only {\"type\": \"text\"} is supported");
+  if (const json* rf = f.Get("response_format")) {
+    if (!rf->is_object()) return f.Fail("response_format", "must be an object");
+    std::optional<std::string> type;
+    const Fields rff(*rf, "response_format.", f.error());
+    if (!rff.String("type", &type)) return false;
+    if (type.value_or("text") != "text") return rff.Fail("type", "only \"text\" is supported");
   }
   return true;
 }

@@ -419,7 +419,7 @@ TEST_F(EngineTest, BadRequestsAreRefusedWithTheFieldNamed) {
   expect(r, StatusCode::kInvalidArgument, "kv_budget");
   r = ok;
   r.sampling.max_tokens = 1 << 30;
-  expect(r, StatusCode::kInvalidArgument, "max_tokens");
+  expect(r, StatusCode::kOutOfRange, "sampling.max_tokens");
   r = ok;
   r.prompt_ids = Prompt(7000, 2);  // full KV for 7000 tokens cannot fit a 16 MiB pool
   expect(r, StatusCode::kResourceExhausted, "prompt");
@@ -458,6 +458,40 @@ TEST_F(EngineTest, FullQueueIsRejectedAtOnce) {
     s->Wait();
     EXPECT_TRUE(s->finish.reason == FinishReason::kAbort || s->finish.reason == FinishReason::kLength);
   }
+}
+
+// Issue 18 D3: a cancelled request gives its scheduler.max_waiting slot back in Cancel itself, not
+// when the engine thread next drains its inbox (after the step in progress, which may be a long
+// prefill slice). Cancel then Submit from this thread leaves the engine thread no time to run.
+TEST_F(EngineTest, CancelledRequestGivesItsQueueSlotBackAtOnce) {
+  EngineConfig c = Config(64 << 20);
+  c.max_waiting = 1;
+  c.max_num_seqs = 1;
+  auto engine = Engine::Create(c);
+  ASSERT_TRUE(engine.ok());
+  auto running = std::make_shared<Collect>();
+  ASSERT_TRUE((*engine)->Submit(Request(Prompt(64, 1), PolicyKind::kFull, 400), running).ok());
+  running->WaitTokens(1);  // scheduled: its slot is back
+  auto waiting = std::make_shared<Collect>();
+  auto id = (*engine)->Submit(Request(Prompt(64, 2), PolicyKind::kFull, 4), waiting);
+  ASSERT_TRUE(id.ok());
+  auto refused = (*engine)->Submit(Request(Prompt(64, 3), PolicyKind::kFull, 4), std::make_shared<Collect>());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
+  for (int i = 0; i < 16; ++i) {  // a burst of submit + cancel never fills the queue
+    (*engine)->Cancel(*id);
+    auto next = std::make_shared<Collect>();
+    auto again = (*engine)->Submit(Request(Prompt(64, 4 + i), PolicyKind::kFull, 4), next);
+    ASSERT_TRUE(again.ok()) << "after " << i << " cancels: " << again.status().ToString();
+    id = again;
+    waiting = next;
+  }
+  (*engine)->Cancel(*id);
+  waiting->Wait();
+  EXPECT_EQ(waiting->finish.reason, FinishReason::kCancelled);
+  (*engine)->Shutdown(false, std::chrono::milliseconds(0));
+  running->Wait();
+  EXPECT_EQ((*engine)->Stats().kv_blocks_used, 0);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Unit tests of the gateway's request parsing and error mapping (no server, no network).
 #include <gtest/gtest.h>
 
+#include <set>
 #include <type_traits>
 #include <variant>
 
@@ -93,6 +94,58 @@ TEST(ParseRequest, ErrorsNameTheField) {
 
 // Every knob of engine/common/pruning_knobs.h is a key of the `pruning` object, set into the proto
 // field of its name; a value of the wrong JSON type is an error naming pruning.<knob>.
+// Issue 18 D1, the general case: every value anywhere in a full request, replaced by a value of
+// every JSON type, is either accepted or refused with a 400 that names a field; parsing never
+// throws (a throw is the gateway's HTTP 500).
+void EveryValueOfEveryType(Endpoint endpoint, const nlohmann::json& body) {
+  const nlohmann::json kinds[] = {nullptr, true, 5, -1, 1.5, "x", nlohmann::json::array(),
+                                  nlohmann::json::array({1, "a"}), nlohmann::json::object(),
+                                  nlohmann::json::object({{"type", 5}})};
+  const nlohmann::json flat = body.flatten();
+  // Every path and every container above a leaf ("/messages/1/content" as well as its parts).
+  std::set<std::string> paths;
+  for (auto it = flat.begin(); it != flat.end(); ++it) {
+    nlohmann::json::json_pointer ptr(it.key());
+    while (!ptr.empty()) {
+      paths.insert(ptr.to_string());
+      ptr = ptr.parent_pointer();
+    }
+  }
+  int cases = 0;
+  for (const std::string& path : paths) {
+    for (const nlohmann::json& v : kinds) {
+      nlohmann::json mutated = body;
+      mutated[nlohmann::json::json_pointer(path)] = v;
+      ParsedRequest r;
+      ApiError err;
+      bool ok = false;
+      ASSERT_NO_THROW(ok = ParseRequest(endpoint, mutated.dump(), &r, &err)) << path << " = " << v.dump();
+      if (!ok) {
+        EXPECT_EQ(err.http_status, 400) << path << " = " << v.dump();
+        EXPECT_FALSE(err.param.empty()) << path << " = " << v.dump() << ": " << err.message;
+        EXPECT_EQ(err.message.rfind(err.param + ": ", 0), 0u) << err.message;
+      }
+      cases++;
+    }
+  }
+  EXPECT_GT(cases, 100);
+}
+
+TEST(ParseRequest, NoValueOfAnyTypeAnywhereThrows) {
+  EveryValueOfEveryType(Endpoint::kChatCompletions, nlohmann::json::parse(R"({
+    "model": "m", "messages": [{"role": "system", "content": "S"},
+                               {"role": "user", "content": [{"type": "text", "text": "a"}]}],
+    "max_tokens": 5, "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "seed": 1, "stop": ["X"],
+    "presence_penalty": 0.1, "frequency_penalty": 0.2, "top_k": 3, "min_p": 0.05, "repetition_penalty": 1.1,
+    "ignore_eos": true, "logprobs": true, "top_logprobs": 2, "stream": true, "stop_token_ids": [2],
+    "stream_options": {"include_usage": true}, "user": "u", "n": 1, "add_generation_prompt": true,
+    "response_format": {"type": "text"}, "tools": [], "logit_bias": {},
+    "pruning": {"policy": "asl", "tau": 0.25, "kv_budget": 256, "select_k": 256, "detailed_report": true}})"));
+  EveryValueOfEveryType(Endpoint::kCompletions, nlohmann::json::parse(R"({
+    "model": "m", "prompt": [[1, 2, 3]], "max_tokens": 5, "logprobs": 2, "echo": false, "best_of": 1,
+    "suffix": "", "add_bos": true, "stop": "X", "pruning": {"policy": "snapkv", "window": 8}})"));
+}
+
 TEST(ParseRequest, EveryPruningKnobIsAJsonField) {
   const std::string head = R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "pruning": )";
   auto pruning = [&](const std::string& object) {
@@ -162,6 +215,16 @@ TEST(FromGrpcStatus, MapsCodesAndFieldPaths) {
   EXPECT_EQ(OpenAiParamFor("token_ids[3]"), "prompt[3]");
   const nlohmann::json j = ToJson(e);
   EXPECT_TRUE(j["error"]["param"].is_null());
+  // Issue 18 D5: a chat over the limits names OpenAI's field and says context_length_exceeded.
+  ApiError t = FromGrpcStatus(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                                           "chat: 3000 tokens, more than the longest prompt accepted (2500)"));
+  EXPECT_EQ(t.http_status, 400);
+  EXPECT_EQ(t.code, "context_length_exceeded");
+  EXPECT_EQ(t.param, "messages");
+  EXPECT_EQ(t.message, "messages: 3000 tokens, more than the longest prompt accepted (2500)");
+  t = FromGrpcStatus(grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "sampling.max_tokens: prompt (5 tokens) + ..."));
+  EXPECT_EQ(t.param, "max_tokens");
+  EXPECT_EQ(t.code, "context_length_exceeded");
 }
 
 TEST(Responses, UsageAndFinishChunk) {

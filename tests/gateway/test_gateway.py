@@ -168,6 +168,13 @@ def test_bad_parameters_are_400_naming_the_field(client, model, kwargs, param):
     (b'{"model": "m"}', "messages"),                          # missing field
     (b'{"messages": [{"role": "user", "content": "Hi"}]}', "model"),
     (b'{"model": "m", "messages": [{"content": "Hi"}]}', "messages[0].role"),
+    # Issue 18 D1: a `type` of the wrong JSON type was an HTTP 500
+    (b'{"model": "m", "messages": [{"role": "user", "content": [{"type": 5, "text": "hi"}]}]}',
+     "messages[0].content[0].type"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": [{"type": null, "text": "hi"}]}]}',
+     "messages[0].content[0].type"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": [1]}}',
+     "response_format.type"),
 ])
 def test_malformed_bodies_are_400(stack, body, param):
     r = requests.post(stack.base_url + "/v1/chat/completions", data=body,
@@ -189,6 +196,27 @@ def test_stream_errors_before_the_first_token_keep_their_status(stack, model):
 def test_unknown_route_is_404_json(stack):
     r = requests.get(stack.base_url + "/v1/nothing", timeout=10)
     assert r.status_code == 404 and "error" in r.json()
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("GET", "/v1/chat/completions", "POST"), ("DELETE", "/v1/completions", "POST"),
+    ("POST", "/health", "GET, HEAD"), ("PUT", "/v1/models", "GET, HEAD"),
+])
+def test_wrong_method_is_405_with_allow(stack, method, path, allow):  # issue 18 D6
+    r = requests.request(method, stack.base_url + path, timeout=10)
+    assert r.status_code == 405, r.text
+    assert r.headers["Allow"] == allow
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_too_long_chat_is_context_length_exceeded(client, model):  # issue 18 D5
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello " * 9000}],
+                                       max_tokens=4)
+    assert e.value.status_code == 400
+    assert e.value.code == "context_length_exceeded"
+    assert e.value.param == "messages"
+    assert e.value.body["message"].startswith("messages: "), e.value.body
 
 
 def _wait_for(predicate, timeout):

@@ -516,7 +516,6 @@ INVALID = [
     ("empty token ids", dict(token_ids=pb.TokenIds()), "token_ids.ids"),
     ("token id over vocab", dict(token_ids=pb.TokenIds(ids=[1, 10_000_000])), "token_ids.ids[1]"),
     ("negative token id", dict(token_ids=pb.TokenIds(ids=[-1])), "token_ids.ids[0]"),
-    ("prompt over max_prompt_tokens", dict(token_ids=pb.TokenIds(ids=[42] * 3000)), "token_ids.ids"),
     ("request id too long", dict(request_id="x" * 300, prompt="hi"), "request_id"),
     ("temperature", dict(prompt="hi", sampling=S(temperature=-1)), "sampling.temperature"),
     ("top_p zero", dict(prompt="hi", sampling=S(top_p=0)), "sampling.top_p"),
@@ -527,7 +526,6 @@ INVALID = [
     ("presence_penalty", dict(prompt="hi", sampling=S(presence_penalty=3)), "sampling.presence_penalty"),
     ("frequency_penalty", dict(prompt="hi", sampling=S(frequency_penalty=-3)), "sampling.frequency_penalty"),
     ("max_tokens zero", dict(prompt="hi", sampling=S(max_tokens=0)), "sampling.max_tokens"),
-    ("max_tokens over context", dict(prompt="hi", sampling=S(max_tokens=1_000_000)), "max_tokens"),
     ("empty stop string", dict(prompt="hi", sampling=S(stop=[""])), "sampling.stop[0]"),
     ("stop token id", dict(prompt="hi", sampling=S(stop_token_ids=[-5])), "sampling.stop_token_ids[0]"),
     ("logprobs", dict(prompt="hi", sampling=S(logprobs=21)), "sampling.logprobs"),
@@ -553,6 +551,22 @@ def test_invalid_field(server, name, fields, field):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
     assert field in e.value.details(), e.value.details()
     assert server.health_status() == health_pb2.HealthCheckResponse.SERVING
+
+
+TOO_LONG = [
+    ("prompt over max_prompt_tokens", dict(token_ids=pb.TokenIds(ids=[42] * 3000)), "token_ids.ids: 3000 tokens"),
+    ("chat over max_prompt_tokens",
+     dict(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="hello " * 3000)])), "chat: "),
+    ("max_tokens over context", dict(prompt="hi", sampling=S(max_tokens=1_000_000)), "sampling.max_tokens: "),
+]
+
+
+@pytest.mark.parametrize("name,fields,field", TOO_LONG, ids=[c[0] for c in TOO_LONG])
+def test_too_long_is_out_of_range(server, name, fields, field):
+    with pytest.raises(grpc.RpcError) as e:
+        generate(server.stub, **fields, timeout=30)
+    assert e.value.code() == grpc.StatusCode.OUT_OF_RANGE, e.value
+    assert e.value.details().startswith(field), e.value.details()
 
 
 def _raw_generate(server, request_bytes):
