@@ -9,6 +9,7 @@
 #include <random>
 
 #include "server/gateway/backend.h"
+#include "server/gateway/connection_watch.h"
 #include "server/gateway/errors.h"
 #include "server/gateway/openai_request.h"
 #include "server/gateway/openai_response.h"
@@ -166,10 +167,13 @@ void ServeStream(Backend& backend, const CompletionHandlerOptions& options, Pars
 }
 
 void ServeUnary(Backend& backend, const CompletionHandlerOptions& options, const ParsedRequest& parsed,
-                const ResponseContext& ctx, httplib::Response& res) {
+                const ResponseContext& ctx, const httplib::Request& req, httplib::Response& res) {
   const Clock::time_point start = Clock::now();
   grpc::ClientContext grpc_ctx;
   SetDeadline(&grpc_ctx, options.request_timeout_seconds);
+  // Nothing is written until the end, so only the socket can tell that the client left: then the
+  // backend call is cancelled and the request stops generating (issue 18 D2).
+  ConnectionWatch watch(req, [&grpc_ctx] { grpc_ctx.TryCancel(); });
   auto reader = backend.generation().Generate(&grpc_ctx, parsed.grpc);
   std::string text;
   LogprobsBuilder logprobs(ctx);
@@ -184,6 +188,10 @@ void ServeUnary(Backend& backend, const CompletionHandlerOptions& options, const
     }
   }
   const grpc::Status status = reader->Finish();
+  if (watch.gone()) {
+    spdlog::info("{}: the client closed the connection; request cancelled", ctx.id);
+    return;
+  }
   if (!status.ok()) {
     spdlog::info("{}: failed: {}", ctx.id, status.error_message());
     SendError(res, FromGrpcStatus(status));
@@ -236,7 +244,7 @@ void HandleCompletion(Endpoint endpoint, Backend& backend, const CompletionHandl
   if (parsed.stream) {
     ServeStream(backend, options, std::move(parsed), std::move(ctx), res);
   } else {
-    ServeUnary(backend, options, parsed, ctx, res);
+    ServeUnary(backend, options, parsed, ctx, req, res);
   }
 }
 

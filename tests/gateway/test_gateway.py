@@ -249,6 +249,22 @@ def test_client_disconnect_mid_stream_frees_kv_blocks(stack, model):
     assert _wait_for(lambda: stack.metric("asl_requests_running") == 0, timeout=10)
 
 
+def test_client_disconnect_during_a_non_streamed_request_cancels_it(stack, model):  # issue 18 D2
+    assert _wait_for(lambda: stack.metric("asl_kv_blocks_used") == 0, timeout=30)
+    # 2500 tokens (4700 of the pool's 5461 blocks) take over 30 s here: only the cancel can free the
+    # blocks within the wait.
+    body = json.dumps({"model": model, "prompt": "Once upon a time", "max_tokens": 2500, "temperature": 0,
+                       "ignore_eos": True}).encode()
+    port = int(stack.base_url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert _wait_for(lambda: stack.metric("asl_kv_blocks_used") > 0, timeout=60), stack.logs()[-3000:]
+    sock.close()
+    assert _wait_for(lambda: stack.metric("asl_kv_blocks_used") == 0, timeout=15), stack.logs()[-3000:]
+    assert _wait_for(lambda: stack.metric("asl_requests_running") == 0, timeout=10)
+
+
 def test_requests_stream_closed_early_frees_kv_blocks(stack, model):
     with requests.post(stack.base_url + "/v1/chat/completions", stream=True, timeout=120, json={
             "model": model, "messages": [{"role": "user", "content": "Write a long story."}],
