@@ -236,11 +236,12 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
                            std::to_string(request.sampling.max_tokens) + ") exceeds the context length (" +
                            std::to_string(config_.max_model_len) + ")");
   }
-  // Reject what could never run even alone in an empty pool.
+  // Reject what could never run even alone in an empty pool: not RESOURCE_EXHAUSTED, which
+  // clients retry (OpenAI's SDK does on 429); retrying cannot help, a smaller kv_budget can.
   const sched::RequestBlocks blocks = accounting_->Bounds(
       prune::KvTokensUpperBounds(request.pruning, static_cast<int>(mc.num_layers), n), request.sampling.max_tokens);
   if (blocks.lifetime > pool_->num_blocks_total()) {
-    return ResourceExhausted("prompt: " + std::to_string(n) + " tokens with max_tokens " +
+    return OutOfRange("prompt: " + std::to_string(n) + " tokens with max_tokens " +
                              std::to_string(request.sampling.max_tokens) + " need " + std::to_string(blocks.lifetime) +
                              " KV blocks under policy " + PolicyName(request.pruning.policy) +
                              ", more than the whole pool (" + std::to_string(pool_->num_blocks_total()) + ")");

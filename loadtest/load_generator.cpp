@@ -22,6 +22,7 @@ const char* CodeName(grpc::StatusCode code) {
     case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
     case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
     case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
     case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
     case grpc::StatusCode::ABORTED: return "ABORTED";
     case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";

@@ -17,8 +17,8 @@ enum class StatusCode {
   kInvalidArgument,     // a request field or parameter is wrong (the message names it)
   kNotFound,            // a file or id does not exist
   kDataLoss,            // a model file is truncated or corrupt (the message names the file)
-  kOutOfRange,          // prompt (+ max_tokens) longer than the context or the prompt limit
-  kResourceExhausted,   // queue full, prompt larger than the pool
+  kOutOfRange,          // prompt (+ max_tokens) longer than the context, the prompt limit or the pool
+  kResourceExhausted,   // queue full (worth a retry later)
   kUnavailable,         // shutting down
   kCancelled,
   kDeadlineExceeded,

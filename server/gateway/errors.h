@@ -1,6 +1,7 @@
 // OpenAI-style errors of the gateway and the mapping from asl-server's gRPC statuses
-// (docs/architecture.md, "Errors"): INVALID_ARGUMENT 400, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503,
-// DEADLINE_EXCEEDED 504, everything else 500.
+// (proto/asl/v1/generation.proto, "Errors"): INVALID_ARGUMENT 400, OUT_OF_RANGE 400
+// context_length_exceeded, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504,
+// everything else 500.
 #pragma once
 
 #include <grpcpp/support/status.h>

@@ -422,7 +422,7 @@ TEST_F(EngineTest, BadRequestsAreRefusedWithTheFieldNamed) {
   expect(r, StatusCode::kOutOfRange, "sampling.max_tokens");
   r = ok;
   r.prompt_ids = Prompt(7000, 2);  // full KV for 7000 tokens cannot fit a 16 MiB pool
-  expect(r, StatusCode::kResourceExhausted, "prompt");
+  expect(r, StatusCode::kOutOfRange, "prompt");
   // The same prompt pruned to a small budget fits: pruning is what buys the capacity.
   r.pruning.policy = PolicyKind::kSnapKv;
   r.sampling.max_tokens = 4;

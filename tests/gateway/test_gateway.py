@@ -209,6 +209,17 @@ def test_wrong_method_is_405_with_allow(stack, method, path, allow):  # issue 18
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_request_that_can_never_fit_the_pool_is_400_not_429(client, model):
+    # 4 + 4000 tokens of full KV need 7507 blocks, the stack's pool has 5461: a 429 would make the
+    # client retry what can never run.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt="Hi", max_tokens=4000)
+    assert e.value.status_code == 400
+    assert e.value.code == "context_length_exceeded"
+    assert e.value.param == "prompt"
+    assert "pool" in e.value.body["message"]
+
+
 def test_too_long_chat_is_context_length_exceeded(client, model):  # issue 18 D5
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello " * 9000}],
