@@ -28,13 +28,9 @@ class WaitingSlots {
     std::lock_guard<std::mutex> lock(mu_);
     ids_.erase(id);
   }
-  int64_t taken() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return static_cast<int64_t>(ids_.size());
-  }
 
  private:
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::unordered_set<RequestId> ids_;
 };
 

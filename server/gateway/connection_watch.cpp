@@ -5,11 +5,9 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
 namespace asl::gateway {
@@ -44,8 +42,7 @@ bool Matches(int fd, const httplib::Request& req) {
          pp == req.remote_port && la == req.local_addr && pa == req.remote_addr;
 }
 
-}  // namespace
-
+// The socket of the connection `req` came in on, or -1 when it cannot be found.
 int FindConnectionSocket(const httplib::Request& req) {
   if (req.remote_port < 0 || req.local_port < 0) return -1;
   DIR* dir = opendir("/proc/self/fd");
@@ -64,6 +61,8 @@ int FindConnectionSocket(const httplib::Request& req) {
   closedir(dir);
   return found;
 }
+
+}  // namespace
 
 ConnectionWatch::ConnectionWatch(const httplib::Request& req, std::function<void()> on_gone) {
   const int fd = FindConnectionSocket(req);

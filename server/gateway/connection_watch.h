@@ -19,18 +19,14 @@
 
 namespace asl::gateway {
 
-// The socket of the connection `req` came in on, or -1 when it cannot be found.
-int FindConnectionSocket(const httplib::Request& req);
-
 class ConnectionWatch {
  public:
-  // Starts watching; does nothing when the socket cannot be found (then `watching()` is false).
+  // Starts watching; does nothing when the socket cannot be found (then gone() stays false).
   ConnectionWatch(const httplib::Request& req, std::function<void()> on_gone);
   ~ConnectionWatch();  // stops the watcher (on_gone is not called after this returns)
   ConnectionWatch(const ConnectionWatch&) = delete;
   ConnectionWatch& operator=(const ConnectionWatch&) = delete;
 
-  bool watching() const { return thread_.joinable(); }
   bool gone() const { return gone_.load(); }
 
  private:
