@@ -187,7 +187,7 @@ std::vector<Option> BuildOptions() {
                              }
                              return "must be cpu, cuda or cuda:N, got '" + v + "'";
                            }));
-  o.push_back(StringOption("model.dtype", "float32|bfloat16", "compute and KV-cache dtype",
+  o.push_back(StringOption("model.dtype", "float32|bfloat16", "compute dtype",
                            [](auto* c) { return &c->engine.dtype; }, OneOf({"float32", "bfloat16"})));
   o.push_back(IntOption("model.threads", "intra-op CPU threads; 0 = libtorch's default", 0, 4096,
                         [](auto* c) { return &c->engine.num_threads; }));
@@ -217,6 +217,10 @@ std::vector<Option> BuildOptions() {
                           1.0, true, [](auto* c) { return &c->engine.kv_cache_memory_fraction; }));
   o.push_back(IntOption("kv_cache.block_size", "tokens per KV block", 1, 1024,
                         [](auto* c) { return &c->engine.block_size; }));
+  o.push_back(StringOption("kv_cache.dtype", "auto|float16|bfloat16|float32",
+                           "KV storage dtype; auto = bfloat16 when model.dtype is bfloat16, else float16",
+                           [](auto* c) { return &c->engine.kv_dtype; },
+                           OneOf({"auto", "float16", "bfloat16", "float32"})));
 
   // scheduler
   o.push_back(IntOption("scheduler.max_num_seqs", "sequences running at once", 1, 65536,

@@ -147,6 +147,13 @@ Status EngineImpl::Init() {
   if (config_.dtype == "float32") dtype = at::kFloat;
   else if (config_.dtype == "bfloat16") dtype = at::kBFloat16;
   else return InvalidArgument("dtype: must be float32 or bfloat16, got '" + config_.dtype + "'");
+  std::string kv_dtype_name = config_.kv_dtype;
+  if (kv_dtype_name == "auto") kv_dtype_name = dtype == at::kBFloat16 ? "bfloat16" : "float16";
+  at::ScalarType kv_dtype;
+  if (kv_dtype_name == "float32") kv_dtype = at::kFloat;
+  else if (kv_dtype_name == "bfloat16") kv_dtype = at::kBFloat16;
+  else if (kv_dtype_name == "float16") kv_dtype = at::kHalf;
+  else return InvalidArgument("kv_dtype: must be auto, float32, bfloat16 or float16, got '" + config_.kv_dtype + "'");
   if (config_.block_size < 1 || config_.block_size > 1024) return InvalidArgument("block_size: must be in [1, 1024]");
   if (config_.max_num_seqs < 1) return InvalidArgument("max_num_seqs: must be >= 1");
   if (config_.max_waiting < 0) return InvalidArgument("max_waiting: must be >= 0");
@@ -167,7 +174,7 @@ Status EngineImpl::Init() {
   PruningParams probe = config_.default_pruning;
   ASL_RETURN_IF_ERROR(ResolvePruningParams(&probe, static_cast<int>(mc.num_layers)));
 
-  const int64_t elem = at::elementSize(dtype);
+  const int64_t elem = at::elementSize(kv_dtype);
   kv_bytes_per_token_ = 2 * mc.num_kv_heads * mc.head_dim * elem;
   int64_t bytes = config_.kv_cache_bytes;
   if (bytes <= 0) {
@@ -178,7 +185,7 @@ Status EngineImpl::Init() {
     bytes = static_cast<int64_t>(static_cast<double>(avail) * config_.kv_cache_memory_fraction);
   }
   ASL_ASSIGN_OR_RETURN(pool_, kv::BlockPool::Create(kv::BlockPoolOptions{
-                                  static_cast<int>(mc.num_layers), mc.num_kv_heads, mc.head_dim, dtype, device,
+                                  static_cast<int>(mc.num_layers), mc.num_kv_heads, mc.head_dim, kv_dtype, device,
                                   config_.block_size, /*num_blocks=*/0, bytes}));
   kv_ = std::make_unique<kv::PagedKvCache>(pool_.get());
   runner_ = std::make_unique<runner::ModelRunner>(model_.get(), kv_.get(),
@@ -209,10 +216,11 @@ Status EngineImpl::Init() {
   info_.kv_blocks_total = pool_->num_blocks_total();
   info_.kv_block_size = config_.block_size;
   info_.kv_bytes_total = pool_->bytes_total();
+  info_.kv_dtype = kv_dtype_name;
   info_.eos_token_ids = tokenizer_->stop_token_ids();
-  ASL_LOG_INFO("engine ready: model {} ({} layers) on {} {}, KV pool {} blocks x {} tokens ({:.1f} MiB)", info_.name,
-               info_.num_layers, info_.device, info_.dtype, info_.kv_blocks_total, info_.kv_block_size,
-               info_.kv_bytes_total / 1048576.0);
+  ASL_LOG_INFO("engine ready: model {} ({} layers) on {} {}, KV pool {} blocks x {} tokens of {} ({:.1f} MiB)",
+               info_.name, info_.num_layers, info_.device, info_.dtype, info_.kv_blocks_total, info_.kv_block_size,
+               info_.kv_dtype, info_.kv_bytes_total / 1048576.0);
   PublishStats();
   thread_ = std::thread([this] { Loop(); });
   return Status::Ok();

@@ -18,6 +18,9 @@ struct EngineConfig {
   std::string model_path;          // a .gguf file or a Hugging Face safetensors directory
   std::string device = "cpu";      // "cpu" or "cuda" / "cuda:N"
   std::string dtype = "float32";   // "float32" or "bfloat16"
+  // KV pool storage: "float32", "bfloat16", "float16", or "auto" = the compute dtype when it is
+  // bfloat16, else float16 (half the bytes of float32 per token; llama.cpp's default KV type).
+  std::string kv_dtype = "auto";
   int num_threads = 0;             // intra-op threads; 0 = libtorch's default
   // KV pool: bytes if > 0, else this fraction of free memory (device memory on CUDA).
   int64_t kv_cache_bytes = 0;
@@ -59,6 +62,7 @@ struct ModelInfo {
   int64_t kv_blocks_total = 0;
   int64_t kv_block_size = 0;
   int64_t kv_bytes_total = 0;
+  std::string kv_dtype;            // the pool's storage dtype (kv_dtype resolved)
   std::vector<TokenId> eos_token_ids;
 };
 

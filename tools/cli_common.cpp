@@ -25,6 +25,8 @@ void CommonOptions::Register(CLI::App* app) {
   app->add_option("--model", model_path, "GGUF file or Hugging Face safetensors directory")->capture_default_str();
   app->add_option("--device", device, "cpu or cuda[:N]")->capture_default_str();
   app->add_option("--dtype", dtype, "float32 or bfloat16")->capture_default_str();
+  app->add_option("--kv-dtype", kv_dtype, "KV pool storage: auto, float16, bfloat16 or float32")
+      ->capture_default_str();
   app->add_option("--threads", threads, "intra-op threads (0 = all cores)")->capture_default_str();
   app->add_option("--kv-cache", kv_cache, "KV pool size, e.g. 512MiB, 2GiB")->capture_default_str();
   app->add_option("--block-size", block_size, "tokens per KV block")->capture_default_str();
@@ -84,6 +86,7 @@ EngineConfig CommonOptions::ToEngineConfig() const {
   c.model_path = model_path;
   c.device = device;
   c.dtype = dtype;
+  c.kv_dtype = kv_dtype;
   c.num_threads = threads;
   c.kv_cache_bytes = ParseBytes(kv_cache);
   c.block_size = block_size;

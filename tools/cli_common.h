@@ -18,6 +18,7 @@ struct CommonOptions {
   std::string model_path = ASL_DEFAULT_MODEL_PATH;
   std::string device = "cpu";
   std::string dtype = "float32";
+  std::string kv_dtype = "auto";
   int threads = 0;
   std::string kv_cache = "1GiB";
   int block_size = 16;

@@ -27,8 +27,8 @@ StatusOr<std::unique_ptr<BlockPool>> BlockPool::Create(const BlockPoolOptions& o
   if (o.num_kv_heads < 1) return InvalidArgument("num_kv_heads: must be >= 1, got " + std::to_string(o.num_kv_heads));
   if (o.head_dim < 1) return InvalidArgument("head_dim: must be >= 1, got " + std::to_string(o.head_dim));
   if (o.block_size < 1) return InvalidArgument("block_size: must be >= 1, got " + std::to_string(o.block_size));
-  if (o.dtype != at::kFloat && o.dtype != at::kBFloat16) {
-    return InvalidArgument(std::string("dtype: KV storage must be float32 or bfloat16, got ") + c10::toString(o.dtype));
+  if (o.dtype != at::kFloat && o.dtype != at::kBFloat16 && o.dtype != at::kHalf) {
+    return InvalidArgument(std::string("dtype: KV storage must be float32, bfloat16 or float16, got ") + c10::toString(o.dtype));
   }
   if (o.num_blocks < 0 || o.bytes < 0) return InvalidArgument("num_blocks and bytes: must be >= 0");
   const int64_t per_block = BytesPerBlock(o.num_kv_heads, o.head_dim, o.dtype, o.block_size);

@@ -33,7 +33,7 @@ struct BlockPoolOptions {
   int num_layers = 0;
   int64_t num_kv_heads = 0;           // Hkv
   int64_t head_dim = 0;               // d
-  at::ScalarType dtype = at::kFloat;  // float32 or bfloat16 storage
+  at::ScalarType dtype = at::kFloat;  // float32, bfloat16 or float16 storage
   at::Device device = at::kCPU;
   int block_size = 16;                // tokens per block
   int64_t num_blocks = 0;             // > 0: exactly this many blocks

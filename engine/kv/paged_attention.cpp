@@ -1,10 +1,12 @@
 #include "engine/kv/paged_attention.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <limits>
 
+#include "engine/common/cpu_isa.h"
 #include "engine/kv/paged_attention_kernel.h"
 
 namespace asl::kv {
@@ -14,14 +16,26 @@ struct Shape {
   int64_t B, H, Hkv, block_size, d, max_blocks;
 };
 
-// The AVX2+FMA copy of the kernel where the build has it and the CPU runs it.
-bool UseAvx2() {
-#if defined(ASL_KV_HAVE_AVX2)
-  static const bool use = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return use;
-#else
-  return false;
+// Tokens of a partition, the unit of the CPU kernel's work (paged_attention_kernel.h): small
+// enough that one long sequence spreads over every thread, large enough that a partition's fixed
+// costs (its state, its share of the combine) stay small beside its 256 rows of K and V.
+constexpr int64_t kPartitionTokens = 256;
+
+// The highest-ISA copy of the kernel the build has and the CPU runs.
+void RunCpuKernel(const PagedCpuArgs& args) {
+  const CpuIsa isa = ActiveCpuIsa();
+#if defined(ASL_KV_HAVE_AVX512)
+  if (isa >= CpuIsa::kAvx512) return PagedAttentionCpuAvx512(args);
 #endif
+#if defined(ASL_KV_HAVE_AVX2)
+  if (isa >= CpuIsa::kAvx2) return PagedAttentionCpuAvx2(args);
+#endif
+  (void)isa;
+  RunPagedAttentionCpu(args);
+}
+
+KvStorage StorageOf(at::ScalarType st) {
+  return st == at::kBFloat16 ? KvStorage::kBFloat16 : st == at::kHalf ? KvStorage::kHalf : KvStorage::kFloat;
 }
 
 Shape CheckShapes(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -60,7 +74,7 @@ Shape CheckShapes(const at::Tensor& q, const at::Tensor& k_cache, const at::Tens
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& block_tables, const at::Tensor& lengths, double scale) {
   const at::ScalarType st = k_cache.scalar_type();
-  if (!k_cache.is_cpu() || (st != at::kFloat && st != at::kBFloat16)) {
+  if (!k_cache.is_cpu() || (st != at::kFloat && st != at::kBFloat16 && st != at::kHalf)) {
     return PagedDecodeAttentionGather(q, k_cache, v_cache, block_tables, lengths, scale);
   }
   const Shape s = CheckShapes(q, k_cache, v_cache, block_tables, lengths);
@@ -70,14 +84,30 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, 
   const at::Tensor tables = block_tables.contiguous();
   const at::Tensor lens = lengths.contiguous();
   at::Tensor out = at::empty({s.B, s.H, s.d}, at::kFloat);
-  const PagedCpuArgs args{s.B, s.H, s.Hkv, s.block_size, s.d, s.max_blocks, qf.data_ptr<float>(),
-                          k_cache.data_ptr(), v_cache.data_ptr(), st == at::kBFloat16, tables.data_ptr<int32_t>(),
-                          lens.data_ptr<int64_t>(), static_cast<float>(scale), out.data_ptr<float>()};
-  if (UseAvx2()) {
-    PagedAttentionCpuAvx2(args);
-  } else {
-    RunPagedAttentionCpu(args);
+
+  // The plan: each sequence's blocks in partitions of part_blocks (paged_attention_kernel.h).
+  const int64_t part_blocks = std::max<int64_t>(1, kPartitionTokens / s.block_size);
+  at::Tensor seq_parts = at::empty({s.B + 1}, at::kLong);
+  int64_t* sp = seq_parts.data_ptr<int64_t>();
+  const int64_t* len = lens.data_ptr<int64_t>();
+  sp[0] = 0;
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t nb = (len[b] + s.block_size - 1) / s.block_size;
+    sp[b + 1] = sp[b] + (nb + part_blocks - 1) / part_blocks;
   }
+  const int64_t num_parts = sp[s.B];
+  at::Tensor part_seq = at::empty({std::max<int64_t>(1, num_parts)}, at::kLong);
+  int64_t* ps = part_seq.data_ptr<int64_t>();
+  for (int64_t b = 0; b < s.B; ++b) {
+    for (int64_t p = sp[b]; p < sp[b + 1]; ++p) ps[p] = b;
+  }
+  at::Tensor partials = at::empty({std::max<int64_t>(1, num_parts * s.H * (s.d + 2))}, at::kFloat);
+
+  const PagedCpuArgs args{s.B, s.H, s.Hkv, s.block_size, s.d, s.max_blocks, qf.data_ptr<float>(),
+                          k_cache.data_ptr(), v_cache.data_ptr(), StorageOf(st), tables.data_ptr<int32_t>(),
+                          len, static_cast<float>(scale), out.data_ptr<float>(), at::get_num_threads(),
+                          part_blocks, num_parts, sp, ps, partials.data_ptr<float>()};
+  RunCpuKernel(args);
   return out.to(q.scalar_type());
 }
 

@@ -11,7 +11,7 @@
 namespace asl::kv {
 
 // q            [B, H, d], any floating dtype (already rotated)
-// k_cache,     [num_blocks, Hkv, block_size, d], float32 or bfloat16, contiguous; H % Hkv == 0 and
+// k_cache,     [num_blocks, Hkv, block_size, d], float32, bfloat16 or float16, contiguous; H % Hkv == 0 and
 //   v_cache    query head h reads KV head h / (H / Hkv) (GQA)
 // block_tables [B, max_blocks] int32 on CPU: row b lists sequence b's blocks in token order; entries
 //              past ceil(lengths[b] / block_size) are ignored

@@ -3,17 +3,17 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include "engine/common/cpu_isa.h"
 #include "engine/model/linear_kernel.h"
 #include "engine/model/quant.h"
 
 namespace asl::model {
 namespace {
 
+// The AVX2+FMA+F16C copy of the kernel where the build has it and the CPU runs it.
 bool UseAvx2() {
 #if defined(ASL_MODEL_HAVE_AVX2)
-  static const bool use =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  return use;
+  return ActiveCpuIsa() >= CpuIsa::kAvx2;
 #else
   return false;
 #endif

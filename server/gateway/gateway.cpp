@@ -85,6 +85,7 @@ void Gateway::RegisterRoutes() {
                     {"kv_blocks_total", info.kv_blocks_total()},
                     {"kv_block_size", info.kv_block_size()},
                     {"kv_bytes_total", info.kv_bytes_total()},
+                    {"kv_dtype", info.kv_dtype()},
                     {"policies", json(info.policies())}}}};
     SendJson(res, 200, {{"object", "list"}, {"data", json::array({model})}});
   });

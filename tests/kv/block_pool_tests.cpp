@@ -62,7 +62,13 @@ TEST(BlockPoolTest, CreateSizesFromCountOrBytes) {
 
   EXPECT_EQ(BlockPool::Create(BlockPoolOptions{4, 2, 8, at::kFloat, at::kCPU, 16, 0, 100}).status().code(),
             StatusCode::kResourceExhausted);
-  EXPECT_EQ(BlockPool::Create(BlockPoolOptions{4, 2, 8, at::kHalf, at::kCPU, 16, 4, 0}).status().code(),
+  auto half = BlockPool::Create(BlockPoolOptions{4, 2, 8, at::kHalf, at::kCPU, 16, 0, 10000});
+  ASSERT_TRUE(half.ok());
+  EXPECT_EQ((*half)->bytes_per_block(), 1024);
+  EXPECT_EQ((*half)->k_cache().scalar_type(), at::kHalf);
+  EXPECT_EQ(BlockPool::Create(BlockPoolOptions{4, 2, 8, at::kDouble, at::kCPU, 16, 4, 0}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(BlockPool::Create(BlockPoolOptions{4, 2, 8, at::kChar, at::kCPU, 16, 4, 0}).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(BlockPool::Create(BlockPoolOptions{4, 2, 8, at::kFloat, at::kCPU, 0, 4, 0}).status().code(),
             StatusCode::kInvalidArgument);

@@ -1,14 +1,18 @@
 // PagedKvCache and DenseKvCache: writes read back exactly, failures leave no trace, and paged
 // decode attention (CPU kernel and gather path) equals a dense float reference on ragged batches.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "engine/common/cpu_isa.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/dense_kv_cache.h"
 #include "engine/kv/paged_attention.h"
@@ -19,6 +23,8 @@ namespace {
 constexpr int64_t kH = 6, kHkv = 2;
 constexpr int kBlockSize = 16;
 constexpr int kLayers = 2;
+// Every storage dtype the pool and the CPU kernel take.
+const std::vector<at::ScalarType> kStorageDtypes = {at::kFloat, at::kBFloat16, at::kHalf};
 
 std::unique_ptr<BlockPool> MakePool(int64_t d, at::ScalarType dtype, int64_t num_blocks = 256,
                                     int block_size = kBlockSize) {
@@ -55,8 +61,9 @@ struct Batch {
   std::vector<SeqId> seqs;
   std::map<std::pair<SeqId, int>, std::pair<at::Tensor, at::Tensor>> written;  // float32 [Hkv, len, d]
 
-  Batch(const std::vector<std::vector<int64_t>>& lengths /* [layer][b] */, int64_t d, at::ScalarType dtype) {
-    pool = MakePool(d, dtype);
+  Batch(const std::vector<std::vector<int64_t>>& lengths /* [layer][b] */, int64_t d, at::ScalarType dtype,
+        int64_t num_blocks = 256, int block_size = kBlockSize) {
+    pool = MakePool(d, dtype, num_blocks, block_size);
     paged = std::make_unique<PagedKvCache>(pool.get());
     const SeqId filler = 1000;
     EXPECT_TRUE(paged->AddSequence(filler).ok());
@@ -124,7 +131,7 @@ const std::vector<std::vector<int64_t>> kLengths = {{0, 1, 15, 16, 17, 300, 5, 3
                                                     {17, 0, 300, 1, 16, 15, 64, 2}};
 
 TEST(KvCacheTest, AppendReadsBackWhatWasWritten) {
-  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+  for (at::ScalarType dtype : kStorageDtypes) {
     at::manual_seed(1);
     Batch batch(kLengths, /*d=*/8, dtype);
     for (int l = 0; l < kLayers; ++l) {
@@ -187,10 +194,28 @@ TEST(KvCacheTest, FailedAppendsLeaveNoTrace) {
   EXPECT_TRUE(pool->CheckInvariants().ok());
 }
 
-// Paged attention vs the float64 reference, both paths (kernel, gather), every layer.
-void ExpectAttentionMatches(at::ScalarType storage, at::ScalarType q_dtype, int64_t d, double atol) {
+// Runs fn once per instruction set the CPU kernel is built for, with the kernels capped to it; the
+// levels this CPU lacks are reported and skipped (they run on machines that have them).
+template <typename F>
+void ForEachCpuIsa(F fn) {
+  for (CpuIsa isa : {CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kBaseline}) {
+    if (isa > DetectedCpuIsa()) {
+      std::printf("[ SKIPPED  ] %s: this CPU lacks it\n", CpuIsaName(isa));
+      continue;
+    }
+    SetCpuIsaCap(isa);
+    SCOPED_TRACE(CpuIsaName(isa));
+    fn();
+  }
+  SetCpuIsaCap(CpuIsa::kAvx512);
+}
+
+// Paged attention vs the float64 reference, both paths (kernel at every ISA, gather), every layer.
+void ExpectAttentionMatches(at::ScalarType storage, at::ScalarType q_dtype, int64_t d, double atol,
+                            const std::vector<std::vector<int64_t>>& lengths = kLengths, int64_t num_blocks = 256,
+                            int block_size = kBlockSize) {
   at::manual_seed(7);
-  Batch batch(kLengths, d, storage);
+  Batch batch(lengths, d, storage, num_blocks, block_size);
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   for (int l = 0; l < kLayers; ++l) {
     at::Tensor q = at::randn({static_cast<int64_t>(batch.seqs.size()), kH, d}).to(q_dtype);
@@ -202,17 +227,23 @@ void ExpectAttentionMatches(at::ScalarType storage, at::ScalarType q_dtype, int6
       vs.push_back(kv.second);
     }
     const at::Tensor ref = Reference(q, ks, vs, scale);
-    const at::Tensor out = batch.paged->Attend(l, batch.seqs, q, scale);
-    ASSERT_EQ(out.sizes(), q.sizes());
-    EXPECT_EQ(out.scalar_type(), q_dtype);
-    EXPECT_TRUE(at::allclose(out.to(at::kFloat), ref, /*rtol=*/atol, atol))
-        << "layer " << l << " max err " << (out.to(at::kFloat) - ref).abs().max().item<float>();
-    EXPECT_TRUE(at::equal(out[0], at::zeros_like(out[0])) || kLengths[static_cast<size_t>(l)][0] != 0);
+    ForEachCpuIsa([&] {
+      const at::Tensor out = batch.paged->Attend(l, batch.seqs, q, scale);
+      ASSERT_EQ(out.sizes(), q.sizes());
+      EXPECT_EQ(out.scalar_type(), q_dtype);
+      EXPECT_TRUE(at::allclose(out.to(at::kFloat), ref, /*rtol=*/atol, atol))
+          << "layer " << l << " max err " << (out.to(at::kFloat) - ref).abs().max().item<float>();
+      for (size_t b = 0; b < batch.seqs.size(); ++b) {
+        if (lengths[static_cast<size_t>(l)][b] == 0) {
+          EXPECT_TRUE(at::equal(out[static_cast<int64_t>(b)], at::zeros_like(out[0]))) << "b " << b;
+        }
+      }
+    });
 
-    at::Tensor lengths;
-    const at::Tensor tables = batch.Tables(l, &lengths);  // padding entries are -1 on purpose
+    at::Tensor lens;
+    const at::Tensor tables = batch.Tables(l, &lens);  // padding entries are -1 on purpose
     const at::Tensor gathered = PagedDecodeAttentionGather(q, batch.pool->k_cache(), batch.pool->v_cache(), tables,
-                                                           lengths, scale);
+                                                           lens, scale);
     EXPECT_TRUE(at::allclose(gathered.to(at::kFloat), ref, atol, atol))
         << "gather path, layer " << l << " max err " << (gathered.to(at::kFloat) - ref).abs().max().item<float>();
   }
@@ -221,12 +252,58 @@ void ExpectAttentionMatches(at::ScalarType storage, at::ScalarType q_dtype, int6
 TEST(PagedAttentionTest, Float32MatchesReference) { ExpectAttentionMatches(at::kFloat, at::kFloat, 64, 1e-5); }
 TEST(PagedAttentionTest, Float32OddHeadDimMatchesReference) { ExpectAttentionMatches(at::kFloat, at::kFloat, 40, 1e-5); }
 TEST(PagedAttentionTest, BFloat16StorageMatchesReference) { ExpectAttentionMatches(at::kBFloat16, at::kFloat, 64, 1e-5); }
+TEST(PagedAttentionTest, Float16StorageMatchesReference) { ExpectAttentionMatches(at::kHalf, at::kFloat, 64, 1e-5); }
+TEST(PagedAttentionTest, Float16OddHeadDimMatchesReference) { ExpectAttentionMatches(at::kHalf, at::kFloat, 72, 1e-5); }
 TEST(PagedAttentionTest, BFloat16EndToEndWithinBf16Tolerance) {
   ExpectAttentionMatches(at::kBFloat16, at::kBFloat16, 64, 3e-2);
 }
+TEST(PagedAttentionTest, Float16EndToEndWithinFp16Tolerance) { ExpectAttentionMatches(at::kHalf, at::kHalf, 64, 4e-3); }
+
+// Long sequences span many partitions of the CPU kernel (256 tokens each): lengths on and around
+// partition edges, and block sizes whose partitions hold one block, many, or a partial one.
+TEST(PagedAttentionTest, LongSequencesAcrossPartitionsMatchReference) {
+  const std::vector<std::vector<int64_t>> lengths = {{256, 257, 1000, 3, 1300}, {511, 512, 1, 0, 800}};
+  for (at::ScalarType storage : kStorageDtypes) {
+    for (int block_size : {16, 1, 100, 1024}) {
+      if (storage != at::kFloat && block_size != 16) continue;  // block sizes: the plan, not the dtype
+      SCOPED_TRACE(std::string(c10::toString(storage)) + " block_size " + std::to_string(block_size));
+      ExpectAttentionMatches(storage, at::kFloat, 64, 1e-5, lengths, 12000 / block_size + 64, block_size);
+    }
+  }
+}
+
+// A sequence's row is the same float computation whatever its batch-mates, their order and the
+// number of threads: bitwise equal (decode stays batch-invariant with every storage dtype and ISA).
+TEST(PagedAttentionTest, RowsDoNotDependOnBatchOrThreads) {
+  const int threads = at::get_num_threads();
+  for (at::ScalarType storage : kStorageDtypes) {
+    at::manual_seed(11);
+    Batch batch(kLengths, /*d=*/64, storage);
+    const at::Tensor q = at::randn({static_cast<int64_t>(batch.seqs.size()), kH, 64});
+    ForEachCpuIsa([&] {
+      for (int l = 0; l < kLayers; ++l) {
+        at::set_num_threads(threads);
+        const at::Tensor all = batch.paged->Attend(l, batch.seqs, q, 0.125);
+        for (int t : {1, 3}) {
+          at::set_num_threads(t);
+          for (size_t b = 0; b < batch.seqs.size(); ++b) {
+            const at::Tensor alone = batch.paged->Attend(l, {batch.seqs[b]}, q.narrow(0, static_cast<int64_t>(b), 1), 0.125);
+            EXPECT_TRUE(at::equal(alone[0], all[static_cast<int64_t>(b)]))
+                << c10::toString(storage) << " layer " << l << " b " << b << " threads " << t;
+          }
+          // Reversed order.
+          std::vector<SeqId> rev(batch.seqs.rbegin(), batch.seqs.rend());
+          const at::Tensor back = batch.paged->Attend(l, rev, q.flip({0}), 0.125);
+          EXPECT_TRUE(at::equal(back.flip({0}), all)) << c10::toString(storage) << " layer " << l;
+        }
+      }
+    });
+  }
+  at::set_num_threads(threads);
+}
 
 TEST(PagedAttentionTest, PagedAndDenseCachesAgree) {
-  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+  for (at::ScalarType dtype : kStorageDtypes) {
     at::manual_seed(3);
     Batch batch(kLengths, /*d=*/32, dtype);
     for (int l = 0; l < kLayers; ++l) {
@@ -234,14 +311,14 @@ TEST(PagedAttentionTest, PagedAndDenseCachesAgree) {
       at::Tensor paged = batch.paged->Attend(l, batch.seqs, q, 0.125);
       at::Tensor dense = batch.dense.Attend(l, batch.seqs, q, 0.125);
       // The dense cache keeps the float32 it was given; compare at the storage's precision.
-      const double tol = dtype == at::kFloat ? 1e-5 : 3e-2;
+      const double tol = dtype == at::kFloat ? 1e-5 : dtype == at::kHalf ? 4e-3 : 3e-2;
       EXPECT_TRUE(at::allclose(paged, dense, tol, tol)) << "layer " << l;
     }
     // A sub-batch in another order gives the same rows.
     std::vector<SeqId> sub = {batch.seqs[5], batch.seqs[0], batch.seqs[2]};
     at::Tensor q = at::randn({3, kH, 32});
-    EXPECT_TRUE(at::allclose(batch.paged->Attend(1, sub, q, 0.125), batch.dense.Attend(1, sub, q, 0.125),
-                             dtype == at::kFloat ? 1e-5 : 3e-2, dtype == at::kFloat ? 1e-5 : 3e-2));
+    const double tol = dtype == at::kFloat ? 1e-5 : dtype == at::kHalf ? 4e-3 : 3e-2;
+    EXPECT_TRUE(at::allclose(batch.paged->Attend(1, sub, q, 0.125), batch.dense.Attend(1, sub, q, 0.125), tol, tol));
   }
 }
 

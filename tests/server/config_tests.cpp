@@ -48,6 +48,7 @@ TEST(ServerConfig, BuiltInDefaults) {
   EXPECT_EQ(c.engine.kv_cache_bytes, 0);
   EXPECT_DOUBLE_EQ(c.engine.kv_cache_memory_fraction, 0.25);
   EXPECT_EQ(c.engine.block_size, 16);
+  EXPECT_EQ(c.engine.kv_dtype, "auto");
   EXPECT_EQ(c.engine.max_num_seqs, 64);
   EXPECT_EQ(c.engine.max_waiting, 256);
   EXPECT_EQ(c.engine.max_prefill_tokens, 8192);
@@ -211,6 +212,7 @@ TEST(ServerConfig, BadTypeNamesTheKey) {
   ExpectError(Parse({"--pruning.tau=high"}).status(), {"--pruning.tau", "number"});
   ExpectError(Parse({"--kv_cache.bytes=lots"}).status(), {"--kv_cache.bytes", "size"});
   ExpectError(Parse({"--model.dtype=float16"}).status(), {"--model.dtype", "float32", "bfloat16"});
+  ExpectError(Parse({"--kv_cache.dtype=int8"}).status(), {"--kv_cache.dtype", "float16", "int8"});
   ExpectError(Parse({"--pruning.policy=h2o"}).status(), {"--pruning.policy", "asl_2pass", "h2o"});
   const std::string seq = WriteTemp("seq.yaml", "server:\n  grpc_port: [1, 2]\n");
   ExpectError(Parse({"--config", seq}).status(), {"server.grpc_port", "single int"});

@@ -1,0 +1,29 @@
+#pragma once
+// The instruction sets our CPU kernels are built for, and which one runs (the streaming linear
+// kernel, engine/model/linear.h; the paged decode attention, engine/kv/paged_attention.h). Each
+// kernel is compiled once per level and dispatches on ActiveCpuIsa() at every call.
+//
+// The active level is the highest the CPU supports, capped by the environment variable
+// ASL_CPU_ISA (baseline, avx2 or avx512) when the process starts, or by SetCpuIsaCap (tests and
+// benchmarks force the lower paths down with it). A cap above what the CPU has changes nothing.
+#include <string>
+
+namespace asl {
+
+enum class CpuIsa : int {
+  kBaseline = 0,  // the build's default flags (x86-64: SSE2)
+  kAvx2 = 1,      // AVX2 + FMA + F16C
+  kAvx512 = 2,    // AVX-512 F, BW, VL and DQ (+ AVX2, FMA, F16C)
+};
+
+// What this CPU runs (and the build has kernels for: on other architectures, kBaseline).
+CpuIsa DetectedCpuIsa();
+// min(DetectedCpuIsa(), the cap).
+CpuIsa ActiveCpuIsa();
+// Sets the cap; returns the active level it gives.
+CpuIsa SetCpuIsaCap(CpuIsa cap);
+const char* CpuIsaName(CpuIsa isa);
+// "baseline", "avx2" or "avx512"; false for anything else.
+bool ParseCpuIsa(const std::string& name, CpuIsa* out);
+
+}  // namespace asl

@@ -1,0 +1,10 @@
+// The CPU paged attention kernel compiled for AVX-512 F/BW/VL/DQ (engine/kv/CMakeLists.txt sets the
+// flags and CPU_CAPABILITY=AVX512 for this file only). paged_attention.cpp calls it only after
+// checking the CPU at run time.
+#include "engine/kv/paged_attention_kernel.h"
+
+namespace asl::kv {
+
+void PagedAttentionCpuAvx512(const PagedCpuArgs& args) { RunPagedAttentionCpu(args); }
+
+}  // namespace asl::kv
