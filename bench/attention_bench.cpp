@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
       const int64_t num_blocks = kLayers * B * blocks_per_seq;
       std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
       std::iota(ids.begin(), ids.end(), 0);
-      std::shuffle(ids.begin(), ids.end(), rng);
+      if (!std::getenv("ASL_BENCH_CONTIGUOUS")) std::shuffle(ids.begin(), ids.end(), rng);
       std::vector<at::Tensor> tables;
       for (int64_t l = 0; l < kLayers; ++l) {
         at::Tensor t = at::empty({B, blocks_per_seq}, at::kInt);
