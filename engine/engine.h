@@ -18,7 +18,7 @@ struct EngineConfig {
   std::string model_path;          // a .gguf file or a Hugging Face safetensors directory
   std::string device = "cpu";      // "cpu" or "cuda" / "cuda:N"
   std::string dtype = "float32";   // "float32" or "bfloat16"
-  int num_threads = 0;             // intra-op threads; 0 = libtorch's default
+  int num_threads = 0;             // intra-op threads; 0 = the usable CPUs (ReadCpuBudget)
   // KV pool: bytes if > 0, else this fraction of free memory (device memory on CUDA).
   int64_t kv_cache_bytes = 0;
   double kv_cache_memory_fraction = 0.25;
