@@ -189,8 +189,10 @@ std::vector<Option> BuildOptions() {
                            }));
   o.push_back(StringOption("model.dtype", "float32|bfloat16", "compute dtype",
                            [](auto* c) { return &c->engine.dtype; }, OneOf({"float32", "bfloat16"})));
-  o.push_back(IntOption("model.threads", "intra-op CPU threads; 0 = libtorch's default", 0, 4096,
-                        [](auto* c) { return &c->engine.num_threads; }));
+  o.push_back(IntOption("model.threads",
+                        "intra-op CPU threads; 0 = the CPUs this process may use (affinity mask, capped by the "
+                        "cgroup CPU quota rounded up), not the host's cores",
+                        0, 4096, [](auto* c) { return &c->engine.num_threads; }));
 
   // server
   o.push_back(StringOption("server.host", "string", "address the gRPC server binds (0.0.0.0: all interfaces)",

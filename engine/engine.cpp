@@ -15,6 +15,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "engine/common/cpu_quota.h"
 #include "engine/common/logging.h"
 #include "engine/engine_entry.h"
 #include "engine/kv/block_pool.h"
@@ -135,7 +136,15 @@ class EngineImpl final : public Engine, private sched::PoolFacts {
 };
 
 Status EngineImpl::Init() {
-  if (config_.num_threads > 0) at::set_num_threads(config_.num_threads);
+  if (config_.num_threads > 0) {
+    at::set_num_threads(config_.num_threads);
+    ASL_LOG_INFO("threads: {} (model.threads)", config_.num_threads);
+  } else {
+    // Not libtorch's default (the host's cores): in a container that oversubscribes the CPU quota.
+    const CpuBudget cpus = ReadCpuBudget();
+    at::set_num_threads(cpus.num_cpus);
+    ASL_LOG_INFO("threads: {} ({}; affinity {} CPUs)", cpus.num_cpus, cpus.cgroup_limit, cpus.num_affinity_cpus);
+  }
   at::Device device(at::kCPU);
   try {
     device = at::Device(config_.device);

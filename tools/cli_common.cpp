@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <variant>
 
+#include "engine/common/cpu_quota.h"
 #include "engine/kv/dense_kv_cache.h"
 #include "engine/model/gguf.h"
 #include "engine/model/llama_model.h"
@@ -27,7 +28,7 @@ void CommonOptions::Register(CLI::App* app) {
   app->add_option("--dtype", dtype, "float32 or bfloat16")->capture_default_str();
   app->add_option("--kv-dtype", kv_dtype, "KV pool storage: auto, float16, bfloat16 or float32")
       ->capture_default_str();
-  app->add_option("--threads", threads, "intra-op threads (0 = all cores)")->capture_default_str();
+  app->add_option("--threads", threads, "intra-op threads (0 = the usable CPUs: affinity capped by the cgroup CPU quota)")->capture_default_str();
   app->add_option("--kv-cache", kv_cache, "KV pool size, e.g. 512MiB, 2GiB")->capture_default_str();
   app->add_option("--block-size", block_size, "tokens per KV block")->capture_default_str();
   app->add_option("--step-prefill-budget", step_prefill_budget,
@@ -191,7 +192,7 @@ int RunLogits(CommonOptions& o, const PromptOptions& p, bool json_out) {
   };
   at::Device device(o.device);
   const at::ScalarType dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
-  if (o.threads > 0) at::set_num_threads(o.threads);
+  at::set_num_threads(o.threads > 0 ? o.threads : ReadCpuBudget().num_cpus);  // as the engine does
   auto loaded = model::LoadModel(o.model_path, device, dtype);
   if (!loaded.ok()) return fail(loaded.status());
   std::unique_ptr<tok::Tokenizer> tokenizer;

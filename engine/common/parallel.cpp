@@ -1,9 +1,10 @@
 #include "engine/common/parallel.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -23,17 +24,28 @@ namespace {
 // How long an idle worker spins before it sleeps: long enough to span the serial work between two
 // regions of a decode step, short enough to give the core back between steps.
 constexpr int64_t kSpinMicros = 2000;
+// How many pauses a caller spins for a helper's chunk before it yields the core between checks: a
+// helper that is running finishes within a chunk's time; one that is not may be waiting for this
+// very core (the kernel put it here, or another process holds its own), and spinning would keep it
+// off until the scheduler's next tick.
+constexpr int kCallerSpins = 256;
 
 thread_local bool in_parallel_region = false;
 
-// A process-wide pool, grown on demand. Each worker has its own slot: the caller hands a job to
-// worker i by writing the job's number into its ticket, and waits for the same number in its done.
-// Workers not given the job never read its state, so a job's fields stay the caller's until every
-// helper has finished, and idle workers beyond a call's thread count stay asleep.
+// A process-wide pool, grown on demand. Each worker has its own slot. The caller offers the job to
+// `threads - 1` workers; a worker takes the offer with an atomic exchange and only then reads the
+// job. Chunks are taken dynamically, so the caller alone can finish the range: once its own Work()
+// runs out of chunks it withdraws, with the same exchange, every offer still standing, and waits
+// only for the helpers that took theirs. A helper that is not running (descheduled, preempted by
+// another process, asleep and not yet woken) so costs the region nothing, where waiting for it
+// cost up to a scheduler time slice per region, hundreds of times per decode step. The job's
+// fields stay the caller's until Run returns: every offer is then taken and finished, or withdrawn.
+// A sleeping worker waits on its offer word itself (std::atomic::wait, a futex), so the hand-off
+// takes no lock: a worker stopped anywhere outside a chunk holds nothing a caller needs.
 class Pool {
  public:
-  // Runs the job on the caller and `threads - 1` workers; false if another thread holds the pool
-  // (the caller then runs the loop itself).
+  // Runs the job on the caller and up to `threads - 1` workers; false if another thread holds the
+  // pool (the caller then runs the loop itself).
   bool Run(int threads, int64_t begin, int64_t end, int64_t chunk,
            const std::function<void(int64_t, int64_t)>& fn) {
     std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
@@ -44,22 +56,27 @@ class Pool {
       Slot* slot = slots_.back().get();
       std::thread([this, slot] { Loop(*slot); }).detach();
     }
-    ++job_;
     fn_ = &fn;
     end_ = end;
     chunk_ = chunk;
     error_ = nullptr;
     next_.store(begin, std::memory_order_relaxed);
-    bool wake = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (int i = 0; i < helpers; ++i) slots_[i]->ticket.store(job_, std::memory_order_release);
-      wake = sleepers_ > 0;
+    for (int i = 0; i < helpers; ++i) {
+      Slot& s = *slots_[i];
+      s.done.store(0, std::memory_order_relaxed);
+      // seq_cst store, then load of `sleeping`, against the worker's store of `sleeping`, then
+      // load of `offer`: at least one of the two sees the other's store, so no wake-up is lost.
+      s.offer.store(1, std::memory_order_seq_cst);
+      if (s.sleeping.load(std::memory_order_seq_cst)) s.offer.notify_one();
     }
-    if (wake) cv_.notify_all();
     Work();
     for (int i = 0; i < helpers; ++i) {
-      while (slots_[i]->done.load(std::memory_order_acquire) != job_) ASL_CPU_RELAX();
+      Slot& s = *slots_[i];
+      if (s.offer.exchange(0, std::memory_order_acq_rel) == 1) continue;  // withdrawn: it never starts
+      for (int spins = 0; s.done.load(std::memory_order_acquire) == 0; ++spins) {
+        if (spins < kCallerSpins) ASL_CPU_RELAX();
+        else std::this_thread::yield();
+      }
     }
     fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
@@ -67,9 +84,10 @@ class Pool {
   }
 
  private:
-  struct Slot {
-    std::atomic<uint64_t> ticket{0};
-    std::atomic<uint64_t> done{0};
+  struct alignas(64) Slot {
+    std::atomic<uint32_t> offer{0};  // 1: the current job is offered to this worker
+    std::atomic<uint32_t> done{0};   // 1: the worker finished the job it took
+    std::atomic<bool> sleeping{false};
   };
 
   // Takes chunks until the range is done.
@@ -88,38 +106,34 @@ class Pool {
     in_parallel_region = false;
   }
 
-  // Spins for a ticket, sleeps after kSpinMicros without one.
+  // Spins for an offer, sleeps after kSpinMicros without one; takes it unless it was withdrawn.
   void Loop(Slot& slot) {
-    uint64_t seen = 0;
+    pthread_setname_np(pthread_self(), "asl-parallel");  // for top -H, perf, gdb (and the tests)
     for (;;) {
       auto idle_since = std::chrono::steady_clock::now();
       int spins = 0;
-      while (slot.ticket.load(std::memory_order_acquire) == seen) {
+      while (slot.offer.load(std::memory_order_relaxed) == 0) {
         ASL_CPU_RELAX();
         if (++spins < 256) continue;
         spins = 0;
+        // The core may be the caller's, with its serial work between two regions waiting for it.
+        std::this_thread::yield();
         if (std::chrono::steady_clock::now() - idle_since < std::chrono::microseconds(kSpinMicros)) continue;
-        std::unique_lock<std::mutex> lock(mu_);
-        ++sleepers_;
-        cv_.wait(lock, [&] { return slot.ticket.load(std::memory_order_acquire) != seen; });
-        --sleepers_;
+        slot.sleeping.store(true, std::memory_order_seq_cst);
+        if (slot.offer.load(std::memory_order_seq_cst) == 0) slot.offer.wait(0, std::memory_order_relaxed);
+        slot.sleeping.store(false, std::memory_order_relaxed);
         idle_since = std::chrono::steady_clock::now();
       }
-      seen = slot.ticket.load(std::memory_order_acquire);
+      if (slot.offer.exchange(0, std::memory_order_acq_rel) == 0) continue;  // the caller withdrew it
       Work();
-      slot.done.store(seen, std::memory_order_release);
+      slot.done.store(1, std::memory_order_release);
     }
   }
 
   std::mutex run_mu_;  // one job at a time
   std::vector<std::unique_ptr<Slot>> slots_;
 
-  std::mutex mu_;  // with cv_: sleeping workers
-  std::condition_variable cv_;
-  int sleepers_ = 0;
-
-  // The current job, written by the caller before it hands out tickets.
-  uint64_t job_ = 0;
+  // The current job, written by the caller before it makes the offers.
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t end_ = 0, chunk_ = 1;
   std::atomic<int64_t> next_{0};

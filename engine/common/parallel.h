@@ -8,6 +8,12 @@
 // regions. This pool's workers spin between the regions of a step and sleep only after
 // `kSpinMicros` without work, so a region costs about a cache-line handshake.
 //
+// Chunks are taken dynamically, and a region never waits for a worker that has not started it: the
+// caller withdraws such offers once it runs out of chunks, and yields its core while it waits for a
+// helper still in a chunk. With another process busy on one of 2 cores, waiting for every worker
+// made each region wait for a descheduled one, and decode fell to ~1 token/s
+// (bench/results/contention.md).
+//
 // As at::parallel_for, the range is cut into min(threads, ceil(range / grain)) contiguous chunks of
 // equal size (the last one shorter); the caller must make what a chunk computes independent of how
 // the range is cut, as our kernels do (one fixed order per output element). One caller
