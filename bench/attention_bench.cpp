@@ -2,7 +2,8 @@
 // shape of the default model (30 layers, 9 query heads, 3 KV heads, head dim 64, blocks of 16),
 // B sequences of `context` tokens each, one PagedDecodeAttention call per layer over a pool whose
 // blocks are scattered (as a pool in use is). Reports ms per step (all layers) and the KV bytes
-// read per second, beside a plain memory read of the same bytes (the floor).
+// read per second, beside a plain memory read of the same bytes (the floor). ASL_BENCH_CONTIGUOUS=1
+// gives each sequence consecutive blocks instead (what a fresh pool hands out).
 //   cmake --build build --target asl-attention-bench
 //   build/bin/asl-attention-bench [--threads N] [--contexts 512,2048,4096] [--batch 1,4] [--reps 10]
 //                                 [--dtypes float32,bfloat16,float16] [--isa avx512,avx2,baseline]
