@@ -228,6 +228,9 @@ inline void PackedRowsOf(const LinearArgs& a, int64_t n0, int64_t count, float* 
   FloatRows(a, scratch, n0, count);
 }
 
+// Whether PackedRows decodes into scratch for M input rows (AVX2: only for more than kTileM).
+inline bool PackedRowsUseScratch(int64_t M) { return M > kTileM; }
+
 inline void PackedRows(const LinearArgs& a, int64_t n0, int64_t count, float* scratch) {
   switch (a.packed_type) {
     case kTypeQ8_0: PackedRowsOf<kTypeQ8_0>(a, n0, count, scratch); break;
@@ -259,6 +262,9 @@ inline void DecodeRow(uint32_t type, const uint8_t* src, int64_t K, float* y) {
   }
 }
 
+// The baseline decodes every group into scratch, whatever the number of input rows.
+inline bool PackedRowsUseScratch(int64_t) { return true; }
+
 inline void PackedRows(const LinearArgs& a, int64_t n0, int64_t count, float* scratch) {
   for (int64_t g = 0; g < count; ++g) DecodeRow(a.packed_type, a.packed + (n0 + g) * a.row_bytes, a.K, scratch + g * a.K);
   FloatRows(a, scratch, n0, count);
@@ -282,8 +288,8 @@ inline void RunStreamingLinear(const LinearArgs& a) {
   const int64_t group = GroupRows(a.K);
   asl::ParallelFor(at::get_num_threads(), 0, a.N, grain, [&](int64_t begin, int64_t end) {
     if (a.packed != nullptr) {
-      // Scratch for a decoded group only where more than kTileM rows use it.
-      RowScratch scratch(a.M > kTileM ? std::min(group, end - begin) * a.K : 0);
+      // Scratch for a decoded group only where PackedRows uses it.
+      RowScratch scratch(PackedRowsUseScratch(a.M) ? std::min(group, end - begin) * a.K : 0);
       for (int64_t n = begin; n < end; n += group) PackedRows(a, n, std::min(group, end - n), scratch.p);
       return;
     }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/common/cpu_isa.h"
+#include "tests/cpu_isa_test_util.h"
 #include "engine/kv/block_pool.h"
 #include "engine/kv/dense_kv_cache.h"
 #include "engine/kv/paged_attention.h"
@@ -194,20 +195,10 @@ TEST(KvCacheTest, FailedAppendsLeaveNoTrace) {
   EXPECT_TRUE(pool->CheckInvariants().ok());
 }
 
-// Runs fn once per instruction set the CPU kernel is built for, with the kernels capped to it; the
-// levels this CPU lacks are reported and skipped (they run on machines that have them).
+// Every instruction set the attention kernel is built for.
 template <typename F>
 void ForEachCpuIsa(F fn) {
-  for (CpuIsa isa : {CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kBaseline}) {
-    if (isa > DetectedCpuIsa()) {
-      std::printf("[ SKIPPED  ] %s: this CPU lacks it\n", CpuIsaName(isa));
-      continue;
-    }
-    SetCpuIsaCap(isa);
-    SCOPED_TRACE(CpuIsaName(isa));
-    fn();
-  }
-  SetCpuIsaCap(CpuIsa::kAvx512);
+  testing::ForEachCpuIsa({CpuIsa::kAvx512, CpuIsa::kAvx2, CpuIsa::kBaseline}, fn);
 }
 
 // Paged attention vs the float64 reference, both paths (kernel at every ISA, gather), every layer.

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include "engine/model/linear.h"
+#include "tests/cpu_isa_test_util.h"
 #include "engine/model/quant.h"
 
 #include <c10/util/Half.h>
@@ -15,9 +16,16 @@
 namespace asl::model {
 namespace {
 
+// Every instruction set the streaming kernel is built for (AVX2 + FMA + F16C, and the baseline).
+template <typename F>
+void ForEachCpuIsa(F fn) {
+  testing::ForEachCpuIsa({CpuIsa::kAvx2, CpuIsa::kBaseline}, fn);
+}
+
 // Shapes with every tile remainder (M mod 4, N mod 2, groups of weight rows cut short), and K with
 // and without a tail of fewer than 8 elements or fewer than four k-steps.
 TEST(StreamingLinear, MatchesAtLinear) {
+  ForEachCpuIsa([] {
   at::manual_seed(3);
   for (int64_t K : {1, 7, 64, 576, 581}) {
     for (int64_t N : {1, 5, 6, 7, 64, 130}) {
@@ -33,11 +41,13 @@ TEST(StreamingLinear, MatchesAtLinear) {
       }
     }
   }
+  });
 }
 
 // A row's result is bit-identical whatever rows it is computed with and however many threads run:
 // a decode step does not depend on its batch-mates.
 TEST(StreamingLinear, EachRowIndependentOfTheBatch) {
+  ForEachCpuIsa([] {
   at::manual_seed(4);
   const at::Tensor x = at::randn({9, 576}), w = at::randn({1537, 576}), b = at::randn({1537});
   const at::Tensor all = StreamingLinear(x, w, b);
@@ -51,6 +61,7 @@ TEST(StreamingLinear, EachRowIndependentOfTheBatch) {
     EXPECT_TRUE(at::equal(StreamingLinear(x.narrow(0, 2, 5), w, b), all.narrow(0, 2, 5)));
   }
   at::set_num_threads(threads);
+  });
 }
 
 // Random GGUF blocks of `type` (finite scales), rows x cols, as a PackedWeight.
@@ -86,6 +97,7 @@ at::Tensor Dequantized(const PackedWeight& p) {
 // Packed weights are decoded to exactly Dequantize's floats and then computed like float weights:
 // the result is bit-identical to the float kernel on the dequantised matrix, for every block type.
 TEST(StreamingLinear, PackedEqualsFloatOnDequantisedWeights) {
+  ForEachCpuIsa([] {
   at::manual_seed(6);
   uint32_t seed = 1;
   for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1}) {
@@ -104,6 +116,7 @@ TEST(StreamingLinear, PackedEqualsFloatOnDequantisedWeights) {
       }
     }
   }
+  });
   EXPECT_THROW(PackedRowBytes(static_cast<uint32_t>(GgmlType::kQ4_K), 256), c10::Error);
   EXPECT_THROW(PackedRowBytes(static_cast<uint32_t>(GgmlType::kQ8_0), 33), c10::Error);
   EXPECT_EQ(PackedRowBytes(static_cast<uint32_t>(GgmlType::kQ4_1), 576), 18 * 20);

@@ -77,18 +77,26 @@ def test_last_position_logits_match(hf, prompts, bin_dir, default_model):
         assert got.argmax() == ref.argmax()
 
 
+def hf_greedy(model, ids, n=32):
+    with torch.no_grad():
+        return model.generate(
+            torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
+            eos_token_id=None, pad_token_id=0,
+        )[0, len(ids):].tolist()
+
+
+def cli_greedy(bin_dir, default_model, ids, *extra, n=32):
+    return run_cli(
+        bin_dir, default_model, "generate", "--ids", ",".join(map(str, ids)),
+        "--max-tokens", str(n), "--ignore-eos", *extra,
+    )["token_ids"]
+
+
 def test_greedy_generation_matches(hf, prompts, bin_dir, default_model):
     _, model = hf
     for ids in prompts:
-        with torch.no_grad():
-            ref = model.generate(
-                torch.tensor([ids]), max_new_tokens=32, do_sample=False, min_new_tokens=32,
-                eos_token_id=None, pad_token_id=0,
-            )[0, len(ids):].tolist()
-        got = run_cli(
-            bin_dir, default_model, "generate", "--ids", ",".join(map(str, ids)),
-            "--max-tokens", "32", "--ignore-eos", "--kv-dtype", "float32",
-        )["token_ids"]
+        ref = hf_greedy(model, ids)
+        got = cli_greedy(bin_dir, default_model, ids, "--kv-dtype", "float32")
         assert got == ref, f"prompt of {len(ids)} tokens diverged"
 
 
@@ -97,20 +105,12 @@ def test_greedy_generation_with_the_default_float16_kv(hf, prompts, bin_dir, def
     significant bits before decode reads it; prefill and scoring keep float32. Greedy decoding must
     still follow Hugging Face's float32 greedy path token for token, except where HF's own choice was
     nearly a tie: at the first divergence (if any), HF's logit of its token may exceed HF's logit of
-    ours by at most 0.05 (the logit range is 30-40; float16 rounding of K/V moves these logits by
-    about 1e-3 on these prompts).
+    ours by at most 0.05 (the logit range is 30-40).
     """
     _, model = hf
     for ids in prompts:
-        with torch.no_grad():
-            ref = model.generate(
-                torch.tensor([ids]), max_new_tokens=32, do_sample=False, min_new_tokens=32,
-                eos_token_id=None, pad_token_id=0,
-            )[0, len(ids):].tolist()
-        got = run_cli(
-            bin_dir, default_model, "generate", "--ids", ",".join(map(str, ids)),
-            "--max-tokens", "32", "--ignore-eos",
-        )["token_ids"]
+        ref = hf_greedy(model, ids)
+        got = cli_greedy(bin_dir, default_model, ids)
         if got == ref:
             continue
         i = next(i for i, (a, b) in enumerate(zip(got, ref)) if a != b)
