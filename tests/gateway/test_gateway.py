@@ -210,10 +210,10 @@ def test_wrong_method_is_405_with_allow(stack, method, path, allow):  # issue 18
 
 
 def test_request_that_can_never_fit_the_pool_is_400_not_429(client, model):
-    # 4 + 4000 tokens of full KV need 7507 blocks, the stack's pool has 5461: a 429 would make the
-    # client retry what can never run.
+    # 4 + 7000 tokens of full KV need 30 x 438 = 13140 blocks, the stack's pool has 10922 (128 MiB of
+    # float16 KV): a 429 would make the client retry what can never run.
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=model, prompt="Hi", max_tokens=4000)
+        client.completions.create(model=model, prompt="Hi", max_tokens=7000)
     assert e.value.status_code == 400
     assert e.value.code == "context_length_exceeded"
     assert e.value.param == "prompt"

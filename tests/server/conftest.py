@@ -71,7 +71,7 @@ class Server:
             "--server.host=127.0.0.1",
             f"--server.grpc_port={self.grpc_port}",
             f"--server.metrics_port={self.metrics_port}",
-            "--kv_cache.bytes=64MiB",
+            "--kv_cache.bytes=32MiB",  # 2730 blocks of float16 KV (the default dtype)
             *extra_args,
         ]
         self._log = open(self.log_path, "w")
@@ -133,7 +133,7 @@ def start_server(tmp_dir, *extra_args, wait=True):
 
 
 # The suite's shared server. max_prompt_tokens 2500 lets a 2000-token prompt through validation so
-# that it reaches the pool check (64 MiB = 2730 blocks < 30 layers x 125 blocks).
+# that it reaches the pool check (32 MiB = 2730 blocks < 30 layers x 125 blocks).
 SHARED_ARGS = ("--server.max_prompt_tokens=2500", "--scheduler.max_num_seqs=64")
 
 
