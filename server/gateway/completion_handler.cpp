@@ -38,7 +38,10 @@ void SendJson(httplib::Response& res, int status, const json& body) {
   res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
-void SendError(httplib::Response& res, const ApiError& e) { SendJson(res, e.http_status, ToJson(e)); }
+void SendError(httplib::Response& res, const ApiError& e) {
+  for (const auto& [name, value] : ErrorHeaders(e)) res.set_header(name, value);
+  SendJson(res, e.http_status, ToJson(e));
+}
 
 void SetDeadline(grpc::ClientContext* ctx, double seconds) {
   if (seconds > 0) {

@@ -59,6 +59,8 @@ ApiError FromGrpcStatus(const grpc::Status& status) {
       e.http_status = 429;
       e.type = "rate_limit_error";
       e.code = "resource_exhausted";
+      // The waiting queue moves every engine step: a second is a fair wait before trying again.
+      e.retry_after_seconds = 1;
       break;
     case grpc::StatusCode::UNAVAILABLE:
       e.http_status = 503;
@@ -91,6 +93,12 @@ ApiError FromGrpcStatus(const grpc::Status& status) {
     }
   }
   return e;
+}
+
+std::vector<std::pair<std::string, std::string>> ErrorHeaders(const ApiError& error) {
+  std::vector<std::pair<std::string, std::string>> headers;
+  if (error.retry_after_seconds > 0) headers.emplace_back("Retry-After", std::to_string(error.retry_after_seconds));
+  return headers;
 }
 
 nlohmann::json ToJson(const ApiError& error) {

@@ -1,6 +1,6 @@
 // OpenAI-style errors of the gateway and the mapping from asl-server's gRPC statuses
 // (proto/asl/v1/generation.proto, "Errors"): INVALID_ARGUMENT 400, OUT_OF_RANGE 400
-// context_length_exceeded, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504,
+// context_length_exceeded, RESOURCE_EXHAUSTED 429 (with Retry-After: 1), UNAVAILABLE 503, DEADLINE_EXCEEDED 504,
 // everything else 500.
 #pragma once
 
@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace asl::gateway {
 
@@ -19,6 +21,8 @@ struct ApiError {
   std::string type = "server_error";
   std::string param;
   std::string code;
+  // > 0: sent as a Retry-After header (seconds), which OpenAI's clients wait before retrying.
+  int retry_after_seconds = 0;
 };
 
 // A 400 naming the request field `param` (OpenAI's name, e.g. "temperature", "messages[1].content").
@@ -34,5 +38,8 @@ struct ApiError {
 [[nodiscard]] std::string OpenAiParamFor(const std::string& proto_path);
 
 [[nodiscard]] nlohmann::json ToJson(const ApiError& error);
+
+// The HTTP headers an error response carries besides its JSON body (name, value).
+[[nodiscard]] std::vector<std::pair<std::string, std::string>> ErrorHeaders(const ApiError& error);
 
 }  // namespace asl::gateway

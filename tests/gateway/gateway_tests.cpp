@@ -209,6 +209,9 @@ TEST(FromGrpcStatus, MapsCodesAndFieldPaths) {
   e = FromGrpcStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "waiting queue is full (256)"));
   EXPECT_EQ(e.http_status, 429);
   EXPECT_EQ(e.param, "");
+  EXPECT_EQ(ErrorHeaders(e), (std::vector<std::pair<std::string, std::string>>{{"Retry-After", "1"}}));
+  EXPECT_TRUE(ErrorHeaders(FromGrpcStatus(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x: bad"))).empty());
+  EXPECT_TRUE(ErrorHeaders(InvalidRequest("model", "unknown")).empty());
   EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, "draining")).http_status, 503);
   EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "")).http_status, 504);
   EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::INTERNAL, "req-3 failed")).http_status, 500);
