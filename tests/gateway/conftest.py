@@ -6,6 +6,7 @@ Environment (set by ctest; the defaults work from a source checkout):
   ASL_SERVER_BIN     asl-server to use (default: ASL_BIN_DIR/asl-server, else build-server/bin)
   ASL_DEFAULT_MODEL  model file to serve
 """
+import contextlib
 import os
 import signal
 import socket
@@ -66,10 +67,10 @@ class Process:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """asl-server + asl-gateway. Yields an object with .base_url, .grpc_address, .metrics()."""
-    log_dir = tmp_path_factory.mktemp("gateway")
+@contextlib.contextmanager
+def start_stack(log_dir, *server_args):
+    """asl-server (with server_args last) + asl-gateway. Yields an object with .base_url,
+    .grpc_address, .metrics()."""
     grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     server = Process("asl-server", [
         str(_server_bin()),
@@ -78,6 +79,7 @@ def stack(tmp_path_factory):
         f"--server.grpc_port={grpc_port}",
         f"--server.metrics_port={metrics_port}",
         "--kv_cache.bytes=128MiB",
+        *server_args,
     ], log_dir)
     gateway = Process("asl-gateway", [
         str(BIN_DIR / "asl-gateway"),
@@ -126,6 +128,13 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The suite's shared stack."""
+    with start_stack(tmp_path_factory.mktemp("gateway")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
 def client(stack):
     import openai
     # No retries: a test must see the first answer, errors included.
@@ -135,3 +144,10 @@ def client(stack):
 @pytest.fixture(scope="module")
 def model(client):
     return client.models.list().data[0].id
+
+
+@pytest.fixture
+def one_seat_stack(tmp_path):
+    """A stack whose engine runs one request and queues one more: the next one is refused."""
+    with start_stack(tmp_path, "--scheduler.max_num_seqs=1", "--scheduler.max_waiting=1") as s:
+        yield s

@@ -3,6 +3,7 @@ asl-server on the default model (fixtures in conftest.py)."""
 import json
 import socket
 import subprocess
+import threading
 import time
 
 import openai
@@ -218,6 +219,32 @@ def test_request_that_can_never_fit_the_pool_is_400_not_429(client, model):
     assert e.value.code == "context_length_exceeded"
     assert e.value.param == "prompt"
     assert "pool" in e.value.body["message"]
+
+
+def test_full_queue_is_429_with_retry_after(one_seat_stack):
+    # One request runs, one waits; a third is refused at once with a 429 that tells the client when
+    # to try again (OpenAI's clients honour Retry-After).
+    url = one_seat_stack.base_url + "/v1/completions"
+    body = {"model": "m", "prompt": "Go on.", "max_tokens": 1000, "stream": True, "ignore_eos": True}
+    running = requests.post(url, json=body, stream=True, timeout=300)
+    lines = running.iter_lines()  # kept: a dropped iterator closes the connection, which cancels
+    assert next(line for line in lines if line.startswith(b"data: "))  # it runs
+    # The second one waits in the engine's queue; its call blocks until it runs, so in a thread.
+    second = []
+    waiting = threading.Thread(target=lambda: second.append(requests.post(url, timeout=300, json={
+        "model": "m", "prompt": "Hi", "max_tokens": 3, "ignore_eos": True})), daemon=True)
+    waiting.start()
+    deadline = time.time() + 60
+    while one_seat_stack.metric("asl_requests_waiting") != 1:
+        assert time.time() < deadline, f"the second request never showed as waiting: {second}"
+        time.sleep(0.05)
+    refused = requests.post(url, json={"model": "m", "prompt": "Hi", "max_tokens": 1}, timeout=60)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers.get("Retry-After") == "1"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    running.close()  # the client leaves: the gateway cancels it, and the waiting one runs
+    waiting.join(120)
+    assert second and second[0].status_code == 200, second
 
 
 def test_too_long_chat_is_context_length_exceeded(client, model):  # issue 18 D5
