@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <limits>
+#include <optional>
 
 #include "engine/common/cpu_isa.h"
 #include "engine/kv/paged_attention_kernel.h"
@@ -34,8 +35,14 @@ void RunCpuKernel(const PagedCpuArgs& args) {
   RunPagedAttentionCpu(args);
 }
 
-KvStorage StorageOf(at::ScalarType st) {
-  return st == at::kBFloat16 ? KvStorage::kBFloat16 : st == at::kHalf ? KvStorage::kHalf : KvStorage::kFloat;
+// The storage types the CPU kernel reads; anything else takes the gather path.
+std::optional<KvStorage> CpuStorageOf(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return KvStorage::kFloat;
+    case at::kBFloat16: return KvStorage::kBFloat16;
+    case at::kHalf: return KvStorage::kHalf;
+    default: return std::nullopt;
+  }
 }
 
 Shape CheckShapes(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -74,7 +81,8 @@ Shape CheckShapes(const at::Tensor& q, const at::Tensor& k_cache, const at::Tens
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& block_tables, const at::Tensor& lengths, double scale) {
   const at::ScalarType st = k_cache.scalar_type();
-  if (!k_cache.is_cpu() || (st != at::kFloat && st != at::kBFloat16 && st != at::kHalf)) {
+  const std::optional<KvStorage> storage = CpuStorageOf(st);
+  if (!k_cache.is_cpu() || !storage) {
     return PagedDecodeAttentionGather(q, k_cache, v_cache, block_tables, lengths, scale);
   }
   const Shape s = CheckShapes(q, k_cache, v_cache, block_tables, lengths);
@@ -104,7 +112,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, 
   at::Tensor partials = at::empty({std::max<int64_t>(1, num_parts * s.H * (s.d + 2))}, at::kFloat);
 
   const PagedCpuArgs args{s.B, s.H, s.Hkv, s.block_size, s.d, s.max_blocks, qf.data_ptr<float>(),
-                          k_cache.data_ptr(), v_cache.data_ptr(), StorageOf(st), tables.data_ptr<int32_t>(),
+                          k_cache.data_ptr(), v_cache.data_ptr(), *storage, tables.data_ptr<int32_t>(),
                           len, static_cast<float>(scale), out.data_ptr<float>(), at::get_num_threads(),
                           part_blocks, num_parts, sp, ps, partials.data_ptr<float>()};
   RunCpuKernel(args);

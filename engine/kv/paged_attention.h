@@ -2,7 +2,8 @@
 // for one layer, read in place from the pool (no contiguous copy of K/V on CPU).
 //
 // Thread: called on the engine thread; the CPU kernel fans out over at::get_num_threads() threads
-// (asl::ParallelFor over (sequence, query head)) and returns when all are done. Pure function:
+// (asl::ParallelFor over (partition, KV head), then over (sequence, query head)) and returns when
+// all are done. Pure function:
 // it reads its inputs and allocates only the result.
 #pragma once
 
@@ -18,8 +19,9 @@ namespace asl::kv {
 // lengths      [B] int64 on CPU: tokens of sequence b (0 gives a zero output row)
 // Returns softmax(q K^T * scale) V as [B, H, d] in q's dtype and device; the softmax and the
 // accumulation run in float32 (online softmax, one rescale per block).
-// CPU storage runs the at::vec kernel (paged_attention_kernel.h; its AVX2+FMA build where the CPU
-// has it, chosen at run time); any other device gathers the blocks and uses ATen matmul/softmax
+// CPU storage runs the at::vec kernel (paged_attention_kernel.h: 256-token partitions x KV heads,
+// built for baseline, AVX2 and AVX-512, chosen at run time by engine/common/cpu_isa.h); any other
+// device or storage dtype gathers the blocks and uses ATen matmul/softmax
 // (PagedDecodeAttentionGather). Bad shapes, dtypes or block ids throw c10::Error before any work.
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& block_tables, const at::Tensor& lengths, double scale);
