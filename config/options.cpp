@@ -224,6 +224,22 @@ std::vector<Option> BuildOptions() {
                            [](auto* c) { return &c->engine.kv_dtype; },
                            OneOf({"auto", "float16", "bfloat16", "float32"})));
 
+  // prefix_cache
+  o.push_back(Option{"prefix_cache.enabled", "bool",
+                     "reuse the KV of cached prompt prefixes (whole blocks, kept in free pool memory after their "
+                     "request); requests may opt out",
+                     nullptr, nullptr});
+  o.back().set = [](const std::string& value, ServerConfig* c) -> Status {
+    const std::string v = Trim(value);
+    const std::string why = OneOf({"true", "false"})(v);
+    if (!why.empty()) return InvalidArgument(why);
+    c->engine.prefix_cache = v == "true";
+    return Status::Ok();
+  };
+  o.back().get = [](const ServerConfig& c) { return std::string(c.engine.prefix_cache ? "true" : "false"); };
+  o.push_back(FloatOption("prefix_cache.max_share", "largest share of the pool's blocks holding cached prefix KV, in (0, 1]",
+                          0.0, 1.0, false, [](auto* c) { return &c->engine.prefix_cache_share; }));
+
   // scheduler
   o.push_back(IntOption("scheduler.max_num_seqs", "sequences running at once", 1, 65536,
                         [](auto* c) { return &c->engine.max_num_seqs; }));

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
@@ -73,6 +74,11 @@ class EngineImpl final : public Engine, private sched::PoolFacts {
   const tok::Tokenizer& tokenizer() const override { return *tokenizer_; }
   const ModelInfo& model_info() const override { return info_; }
   const EngineConfig& config() const override { return config_; }
+  void ResetPrefixCache() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    reset_prefix_cache_ = true;
+    cv_.notify_one();
+  }
   EngineStats Stats() const override {
     std::lock_guard<std::mutex> lock(stats_mu_);
     return stats_;
@@ -83,6 +89,12 @@ class EngineImpl final : public Engine, private sched::PoolFacts {
   int64_t num_free_blocks() const override { return pool_->num_blocks_free(); }
   int64_t num_total_blocks() const override { return pool_->num_blocks_total(); }
   int64_t Length(RequestId seq, int layer) const override { return pool_->Length(static_cast<kv::SeqId>(seq), layer); }
+  sched::PrefixHit CachedPrefix(const sched::Sequence& seq) const override;
+  // The cached prefix the prefill of `e` would use now (0 when caching is off for it).
+  kv::CachedPrefix LookupPrefix(const Entry& e) const;
+  // Registers the sequences admitted this step in the pool and pins their cached prefixes, before
+  // anything else in the step can allocate (and so evict what the admission counted on).
+  void AdmitToPool(const std::vector<sched::Sequence*>& seqs);
 
   void Loop();
   bool HasWork() const { return scheduler_->num_waiting() + scheduler_->num_running() > 0; }
@@ -118,6 +130,7 @@ class EngineImpl final : public Engine, private sched::PoolFacts {
   std::vector<RequestId> cancels_;
   bool accepting_ = true;
   bool stopping_ = false;
+  bool reset_prefix_cache_ = false;
   bool drain_ = false;
   Clock::time_point drain_deadline_;
   std::atomic<uint64_t> next_id_{1};
@@ -130,6 +143,8 @@ class EngineImpl final : public Engine, private sched::PoolFacts {
   std::optional<runner::PrefillJob> prefill_;  // the prefill in flight, if any
   uint64_t next_arrival_ = 1;
   int64_t num_preemptions_ = 0;
+  int64_t prefix_query_tokens_ = 0;
+  int64_t prefix_hit_tokens_ = 0;
 
   mutable std::mutex stats_mu_;
   EngineStats stats_;
@@ -196,6 +211,16 @@ Status EngineImpl::Init() {
   ASL_ASSIGN_OR_RETURN(pool_, kv::BlockPool::Create(kv::BlockPoolOptions{
                                   static_cast<int>(mc.num_layers), mc.num_kv_heads, mc.head_dim, kv_dtype, device,
                                   config_.block_size, /*num_blocks=*/0, bytes}));
+  if (config_.prefix_cache) {
+    if (!(config_.prefix_cache_share > 0 && config_.prefix_cache_share <= 1)) {
+      return InvalidArgument("prefix_cache.max_share: must be in (0, 1]");
+    }
+    // Salt: what changes the cached numbers besides the tokens (one pool serves one model).
+    const std::string salt = config_.model_path + "|" + config_.dtype + "|" + kv_dtype_name + "|" + config_.device;
+    pool_->SetCacheCapacity(
+        std::max<int64_t>(1, static_cast<int64_t>(config_.prefix_cache_share * static_cast<double>(pool_->num_blocks_total()))),
+        HashTokens(std::vector<TokenId>(salt.begin(), salt.end())));
+  }
   kv_ = std::make_unique<kv::PagedKvCache>(pool_.get());
   runner_ = std::make_unique<runner::ModelRunner>(model_.get(), kv_.get(),
                                                   runner::PrefillOptions{config_.prefill_chunk_rows});
@@ -340,10 +365,17 @@ void EngineImpl::Loop() {
 void EngineImpl::DrainInbox() {
   std::vector<std::unique_ptr<Entry>> arrivals;
   std::vector<RequestId> cancels;
+  bool reset = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     arrivals.swap(inbox_);
     cancels.swap(cancels_);
+    std::swap(reset, reset_prefix_cache_);
+  }
+  if (reset) {
+    const int64_t cached = pool_->num_blocks_cached();
+    pool_->ResetCache();
+    ASL_LOG_INFO("prefix cache reset: {} cached blocks dropped", cached);
   }
   for (auto& arrival : arrivals) {
     arrival->seq.arrival_seq = next_arrival_++;
@@ -371,8 +403,46 @@ void EngineImpl::ForgetEmptyPrefill() {
   prefill_.reset();
 }
 
+kv::CachedPrefix EngineImpl::LookupPrefix(const Entry& e) const {
+  if (!pool_->cache_enabled() || !e.request.cache_prompt) return {};
+  const int64_t n = static_cast<int64_t>(e.request.prompt_ids.size());
+  return pool_->LookupPrefix(e.request.prompt_ids, n - prune::MinComputedTokens(e.request.pruning));
+}
+
+sched::PrefixHit EngineImpl::CachedPrefix(const sched::Sequence& seq) const {
+  const Entry* e = static_cast<const OutputProcessor&>(*outputs_).Find(seq.id);
+  if (e == nullptr) return {};
+  const kv::CachedPrefix hit = LookupPrefix(*e);
+  sched::PrefixHit out;
+  out.evictable_blocks = hit.num_blocks_evictable;
+  if (prune::StoresWholePrompt(e->request.pruning)) out.shared_blocks = model_->config().num_layers * (hit.num_tokens / config_.block_size);
+  return out;
+}
+
+void EngineImpl::AdmitToPool(const std::vector<sched::Sequence*>& seqs) {
+  for (sched::Sequence* s : seqs) {
+    Entry& e = *outputs_->Find(s->id);
+    const kv::SeqId id = static_cast<kv::SeqId>(s->id);
+    Status st = kv_->AddSequence(id);
+    const kv::CachedPrefix hit = LookupPrefix(e);
+    if (st.ok() && hit.num_tokens > 0) {
+      st = pool_->PinPrefix(id, e.request.prompt_ids, hit.num_tokens, prune::StoresWholePrompt(e.request.pruning));
+    }
+    if (!st.ok()) {
+      outputs_->FailAll({s}, st);
+      continue;
+    }
+    s->cached_prefix_tokens = hit.num_tokens;
+    if (e.request.cache_prompt && pool_->cache_enabled()) {
+      prefix_query_tokens_ += s->num_prompt_tokens;
+      prefix_hit_tokens_ += hit.num_tokens;
+    }
+  }
+}
+
 void EngineImpl::Step() {
   sched::StepPlan plan = scheduler_->Schedule(*accounting_);
+  AdmitToPool(plan.prefill);
   for (sched::Sequence* s : plan.preempted) {
     // Recompute later: drop the KV now (the prefill in flight drops a preempted member's rows);
     // outputs stay and are replayed through decode (no re-emit).
@@ -392,6 +462,10 @@ void EngineImpl::Step() {
     step.decode_seconds = Seconds(Clock::now() - t0);
     step.num_decode_seqs = static_cast<int64_t>(plan.decode.size());
   }
+  // Admitted sequences that failed to enter the pool are finished already.
+  plan.prefill.erase(std::remove_if(plan.prefill.begin(), plan.prefill.end(),
+                                    [&](sched::Sequence* s) { return outputs_->Find(s->id) == nullptr; }),
+                     plan.prefill.end());
   if (!plan.prefill.empty()) {
     StartPrefill(plan.prefill);
     PublishStats();  // the admissions show (running, prefilling) while the slice runs
@@ -412,15 +486,11 @@ void EngineImpl::StartPrefill(const std::vector<sched::Sequence*>& seqs) {
       s->first_scheduled_time = Clock::now();
       waiting_.Release(s->id);
     }
-    Status st = kv_->AddSequence(static_cast<kv::SeqId>(s->id));
-    if (!st.ok()) {
-      outputs_->FailAll(seqs, st);
-      return;
-    }
     e.policy = std::make_unique<prune::PruningPolicy>(e.request.pruning, static_cast<int>(mc.num_layers),
                                                       mc.num_kv_heads, s->num_prompt_tokens);
     e.prefill_seconds = 0;
-    batch.push_back(runner::PrefillSeq{static_cast<kv::SeqId>(s->id), e.request.prompt_ids, e.policy.get()});
+    batch.push_back(runner::PrefillSeq{static_cast<kv::SeqId>(s->id), e.request.prompt_ids, e.policy.get(),
+                                       e.request.cache_prompt && pool_->cache_enabled()});
   }
   StatusOr<runner::PrefillJob> job = runner_->StartPrefill(std::move(batch));
   if (!job.ok()) {
@@ -461,6 +531,7 @@ void EngineImpl::AdvancePrefill(double budget, StepStats& step) {
     Entry& e = *outputs_->Find(static_cast<RequestId>(d.seq));
     sched::Sequence& s = e.seq;
     scheduler_->MarkPrefilled(&s);
+    pool_->ReleasePins(d.seq);  // its tables keep the blocks they share
     s.next_position = d.next_position;
     if (s.num_preemptions == 0 || e.report_final.num_prompt_tokens == 0) {
       e.report_final = e.policy->report();
@@ -469,6 +540,7 @@ void EngineImpl::AdvancePrefill(double budget, StepStats& step) {
       e.report_final.num_kv_tokens_kept = runner_->KvTokens(d.seq);
       e.report_final.num_kv_tokens_full = mc.num_layers * s.num_prompt_tokens;
       e.report_final.kv_bytes = e.report_final.num_kv_tokens_kept * kv_bytes_per_token_;
+      e.cached_tokens = s.cached_prefix_tokens;
     }
     if (s.output_ids.empty()) {  // a re-admitted sequence replays its outputs instead
       states.push_back(e.sampler.get());
@@ -523,6 +595,10 @@ void EngineImpl::PublishStats() {
   st.kv_blocks_used = pool_->num_blocks_used();
   st.kv_bytes_used = pool_->bytes_used();
   st.num_preemptions = num_preemptions_;
+  st.kv_blocks_cached = pool_->num_blocks_cached();
+  st.prefix_cache_query_tokens = prefix_query_tokens_;
+  st.prefix_cache_hit_tokens = prefix_hit_tokens_;
+  st.prefix_cache_evictions = pool_->num_evictions();
   st.device_memory_allocated = kv::DeviceMemoryAllocated(model_->device());
   std::lock_guard<std::mutex> lock(stats_mu_);
   stats_ = st;

@@ -42,6 +42,11 @@ struct EngineConfig {
   // after pruning + max_tokens), so nothing is preempted; true admits by the prompt's blocks only
   // and preempts (recompute) when decode runs out.
   bool optimistic_admission = false;
+  // Automatic prefix caching (docs/architecture.md, "Prefix cache"): whole blocks of uncompressed
+  // prompt K/V stay in free pool memory after their request and are reused by later prompts that
+  // start with the same tokens. At most this share of the pool's blocks holds cached K/V.
+  bool prefix_cache = true;
+  double prefix_cache_share = 1.0;
   int max_model_len = 0;           // prompt + max_tokens limit; 0 = the model's context length
   PruningParams default_pruning;   // server-wide pruning defaults (resolved per request)
 };
@@ -75,6 +80,12 @@ struct EngineStats {
   int64_t kv_blocks_used = 0;
   int64_t kv_bytes_used = 0;
   int64_t num_preemptions = 0;     // since start
+  int64_t kv_blocks_cached = 0;    // blocks holding prefix-cache K/V (in use or evictable)
+  // Prefix cache, since start: prompt tokens looked up at admission, those found cached, and
+  // cached blocks evicted to make room.
+  int64_t prefix_cache_query_tokens = 0;
+  int64_t prefix_cache_hit_tokens = 0;
+  int64_t prefix_cache_evictions = 0;
   int64_t device_memory_allocated = 0;  // CUDA only; 0 on CPU
 };
 
@@ -116,6 +127,8 @@ class Engine {
   // Thread-safe. Stops accepting; with drain, lets running and queued work finish for at most
   // `grace`, then cancels the rest (OnFinish(kAbort)). Returns when the engine thread has stopped.
   virtual void Shutdown(bool drain, std::chrono::milliseconds grace) = 0;
+  // Thread-safe. Drops every cached prefix block no running request uses, before the next step.
+  virtual void ResetPrefixCache() = 0;
 
   virtual const tok::Tokenizer& tokenizer() const = 0;
   virtual const ModelInfo& model_info() const = 0;

@@ -26,6 +26,7 @@ struct Entry {
   std::unique_ptr<tok::IncrementalDecoder> detok;
   std::unique_ptr<sample::StopMatcher> stop;
   PruningReport report_final;                      // from the first prefill
+  int64_t cached_tokens = 0;                       // prompt tokens the first prefill took from the prefix cache
   double prefill_seconds = 0;                      // of the prefill in flight, summed over its slices
   std::string stop_string;
   std::vector<double> inter_token_seconds;

@@ -82,6 +82,14 @@ void OutputProcessor::Accept(Entry& e, const sample::SampleResult& r) {
 void OutputProcessor::Finish(Entry& e, FinishReason reason, Status status) {
   sched::Sequence& s = e.seq;
   const auto now = sched::Clock::now();
+  if (e.request.cache_prompt && reason != FinishReason::kError && reason != FinishReason::kAbort) {
+    // Its in-order layers' blocks of prompt + fed outputs join the prefix cache (multi-turn chats).
+    std::vector<TokenId> ids = e.request.prompt_ids;
+    if (s.state == sched::SeqState::kRunning) {
+      ids.insert(ids.end(), s.output_ids.begin(), s.output_ids.begin() + s.num_fed_outputs);
+    }
+    kv_->CacheSequence(static_cast<kv::SeqId>(s.id), ids);
+  }
   kv_->FreeSequence(static_cast<kv::SeqId>(s.id));
   scheduler_->Remove(&s);
   if (!s.scheduled_once) waiting_->Release(s.id);
@@ -94,6 +102,7 @@ void OutputProcessor::Finish(Entry& e, FinishReason reason, Status status) {
   ev.usage.prompt_tokens = s.num_prompt_tokens;
   ev.usage.completion_tokens = static_cast<int64_t>(s.output_ids.size());
   ev.usage.kv_tokens_kept = e.report_final.num_kv_tokens_kept;
+  ev.usage.cached_tokens = e.cached_tokens;
   ev.timings.queue_seconds = s.scheduled_once ? Seconds(s.first_scheduled_time - s.arrival_time) : Seconds(now - s.arrival_time);
   ev.timings.ttft_seconds = s.output_ids.empty() ? 0.0 : Seconds(s.first_token_time - s.arrival_time);
   ev.timings.e2e_seconds = Seconds(now - s.arrival_time);

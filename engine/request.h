@@ -49,6 +49,8 @@ struct GenerateRequest {
   std::vector<TokenId> prompt_ids;
   SamplingParams sampling;
   PruningParams pruning;
+  // Use the prefix cache for this prompt and offer its KV to it (llama.cpp's cache_prompt).
+  bool cache_prompt = true;
 };
 
 // ---- what comes back ----------------------------------------------------------------------------
@@ -97,6 +99,7 @@ struct Usage {
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
   int64_t kv_tokens_kept = 0;
+  int64_t cached_tokens = 0;         // prompt tokens whose KV came from the prefix cache
 };
 
 struct Timings {

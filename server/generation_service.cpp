@@ -130,4 +130,15 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   return reactor;
 }
 
+grpc::ServerUnaryReactor* GenerationService::ResetPrefixCache(grpc::CallbackServerContext* context,
+                                                              const v1::ResetPrefixCacheRequest* /*request*/,
+                                                              v1::ResetPrefixCacheResponse* /*response*/) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::Status status;
+  Engine* engine = ServingEngine(&status);
+  if (engine != nullptr) engine->ResetPrefixCache();
+  reactor->Finish(status);
+  return reactor;
+}
+
 }  // namespace asl::server

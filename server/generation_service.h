@@ -24,7 +24,8 @@ class ServerMetrics;
 enum class ServingState { kLoading, kServing, kDraining };
 
 using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<v1::Generation::WithRawCallbackMethod_Tokenize<
-    v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>;
+    v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::WithCallbackMethod_ResetPrefixCache<
+        v1::Generation::Service>>>>;
 
 class GenerationService final : public GenerationServiceBase {
  public:
@@ -43,6 +44,9 @@ class GenerationService final : public GenerationServiceBase {
                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context, const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* ResetPrefixCache(grpc::CallbackServerContext* context,
+                                             const v1::ResetPrefixCacheRequest* request,
+                                             v1::ResetPrefixCacheResponse* response) override;
 
  private:
   // The engine when serving; otherwise nullptr and *why says UNAVAILABLE and why.

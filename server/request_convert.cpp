@@ -279,6 +279,7 @@ StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& r, const st
   ASL_ASSIGN_OR_RETURN(out.pruning, ToPruningParams(r.pruning(), limits.default_pruning));
   ASL_RETURN_IF_ERROR(ResolvePruningParams(&out.pruning, limits.num_layers));
   ASL_ASSIGN_OR_RETURN(out.prompt_ids, TokenizeInput(r, tokenizer, limits));
+  out.cache_prompt = !r.has_cache_prompt() || r.cache_prompt();
   return out;
 }
 
@@ -309,6 +310,7 @@ void FillComplete(const FinishEvent& ev, bool detailed, v1::GenerateComplete* ou
   u->set_completion_tokens(ev.usage.completion_tokens);
   u->set_kv_tokens_kept(ev.usage.kv_tokens_kept);
   u->set_kv_tokens_full(ev.pruning.num_kv_tokens_full);
+  u->set_cached_tokens(ev.usage.cached_tokens);
   v1::Timings* t = out->mutable_timings();
   t->set_queue_seconds(ev.timings.queue_seconds);
   t->set_ttft_seconds(ev.timings.ttft_seconds);

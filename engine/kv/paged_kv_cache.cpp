@@ -117,6 +117,12 @@ Status PagedKvCache::AppendDecode(int layer, const std::vector<SeqId>& seqs, con
   return Status::Ok();
 }
 
+std::pair<at::Tensor, at::Tensor> PagedKvCache::PrefixKv(SeqId seq, int layer) const {
+  const int64_t tokens = pool_->PinnedTokens(seq);
+  TORCH_CHECK(tokens > 0, "kv cache: sequence ", seq, " has no cached prefix");
+  return pool_->GatherBlocks(pool_->pinned_blocks(seq, layer), tokens);
+}
+
 at::Tensor PagedKvCache::Attend(int layer, const std::vector<SeqId>& seqs, const at::Tensor& q, double scale) const {
   const int64_t B = static_cast<int64_t>(seqs.size());
   TORCH_CHECK(q.dim() == 3 && q.size(0) == B, "kv cache: Attend: q must be [B=", B, ", H, d], got ", q.sizes());

@@ -106,6 +106,19 @@ at::Tensor LlamaModel::CausalAttention(const at::Tensor& q_rows, const at::Tenso
   return out.squeeze(0).transpose(0, 1).reshape({Tq, config_.num_heads * config_.head_dim});
 }
 
+at::Tensor LlamaModel::AttentionAt(const at::Tensor& q_rows, const at::Tensor& k_rows, const at::Tensor& v_rows,
+                                   const at::Tensor& q_positions) const {
+  const int64_t Tq = q_rows.size(0), Tk = k_rows.size(0);
+  at::Tensor q = q_rows.transpose(0, 1).unsqueeze(0);
+  at::Tensor k = k_rows.transpose(0, 1).unsqueeze(0);
+  at::Tensor v = v_rows.transpose(0, 1).unsqueeze(0);
+  at::Tensor kj = at::arange(0, Tk, at::TensorOptions().dtype(at::kLong).device(q.device())).unsqueeze(0);
+  at::Tensor mask = kj <= q_positions.to(q.device()).unsqueeze(1);  // [Tq, Tk], true = attend
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false,
+                                                    /*scale=*/attention_scale(), /*enable_gqa=*/true);
+  return out.squeeze(0).transpose(0, 1).reshape({Tq, config_.num_heads * config_.head_dim});
+}
+
 at::Tensor LlamaModel::AttentionOutput(int layer, const at::Tensor& attn, Rows rows) const {
   const LayerWeights& w = weights_.layers[layer];
   return Linear(attn, w.wo, {}, w.packed_wo, rows);

@@ -57,6 +57,9 @@ class LlamaModel {
   // chunk of a prompt after the rows before it): q [Tq, H, d], k, v [Tk, Hkv, d], Tq <= Tk; query
   // i attends keys 0 .. Tk - Tq + i. -> [Tq, H*d]. Tq == Tk is exactly CausalAttention.
   at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;
+  // Queries at any positions over keys 0..Tk-1: query i attends keys 0 .. q_positions[i] ([Tq] int64,
+  // each < Tk). -> [Tq, H*d].
+  at::Tensor AttentionAt(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_positions) const;
 
   double attention_scale() const;
 

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 namespace asl::prune {
 
 PruningPolicy::PruningPolicy(const PruningParams& params, int num_layers, int64_t num_kv_heads,
@@ -143,6 +145,10 @@ int64_t KvTokensUpperBound(const PruningParams& p, int layer, int64_t n) {
     case PolicyKind::kAsl2Pass: return k;  // pass 2 holds full KV of at most select_k tokens
   }
   return n;
+}
+
+int64_t MinComputedTokens(const PruningParams& p) {
+  return p.policy == PolicyKind::kFull ? 1 : std::max<int64_t>(1, p.window);
 }
 
 std::vector<int64_t> KvTokensUpperBounds(const PruningParams& p, int num_layers, int64_t n) {

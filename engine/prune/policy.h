@@ -76,6 +76,13 @@ namespace asl::prune {
 // Upper bound of the KV tokens one layer of a request stores after its prefill, given its
 // resolved policy (asl-method.md §5, §7). The scheduler admits by this.
 int64_t KvTokensUpperBound(const PruningParams& params, int layer, int64_t num_prompt_tokens);
+// The fewest prompt tokens a prefill must compute, at the prompt's end, for the policy to decide
+// exactly when the rest comes from the prefix cache: the window queries (§2) for every policy
+// that scores, the last token (its logits) for full.
+int64_t MinComputedTokens(const PruningParams& params);
+// Whether the policy stores every layer's prompt KV uncompressed (its tables can share cached blocks
+// from admission).
+inline bool StoresWholePrompt(const PruningParams& params) { return params.policy == PolicyKind::kFull; }
 // KvTokensUpperBound of every layer (what sched::BlockAccounting::Bounds takes).
 std::vector<int64_t> KvTokensUpperBounds(const PruningParams& params, int num_layers, int64_t num_prompt_tokens);
 }  // namespace asl::prune

@@ -9,10 +9,11 @@ namespace asl::prune {
 
 at::Tensor PooledWindowScores(const at::Tensor& q_in, const at::Tensor& k_in, int window, int kernel,
                               Pooling pooling, double scale, int64_t max_chunk_bytes) {
-  const int64_t n = q_in.size(0), H = q_in.size(1), Hkv = k_in.size(1);
+  const int64_t n = k_in.size(0), H = q_in.size(1), Hkv = k_in.size(1);
   const int64_t G = H / Hkv, W = window, N = n - W;
   ASL_CHECK(N > 0, "PooledWindowScores needs more tokens than the window");
-  at::Tensor qw = q_in.narrow(0, N, W).to(at::kFloat).transpose(0, 1);  // [H, W, d]
+  ASL_CHECK(q_in.size(0) >= W && q_in.size(0) <= n, "PooledWindowScores needs the window's queries");
+  at::Tensor qw = q_in.narrow(0, q_in.size(0) - W, W).to(at::kFloat).transpose(0, 1);  // [H, W, d]
   at::Tensor kf = k_in.to(at::kFloat).transpose(0, 1);                  // [Hkv, n, d]
   // Causal mask inside the window: window query r sees window key c only when c <= r.
   at::Tensor mask = at::ones({W, W}, at::TensorOptions().dtype(at::kBool).device(q_in.device())).triu(1);
@@ -72,8 +73,8 @@ at::Tensor SnapKvKeep(const at::Tensor& kv_head_scores, int64_t budget, int64_t 
 }
 
 at::Tensor GemFilterScores(const at::Tensor& q, const at::Tensor& k, int kernel) {
-  const int64_t n = q.size(0), H = q.size(1), Hkv = k.size(1);
-  at::Tensor q_last = q[n - 1].to(at::kFloat).view({Hkv, H / Hkv, -1}).sum(1);  // [Hkv, d]
+  const int64_t H = q.size(1), Hkv = k.size(1);
+  at::Tensor q_last = q[q.size(0) - 1].to(at::kFloat).view({Hkv, H / Hkv, -1}).sum(1);  // [Hkv, d]
   // Σ_h q_h · k_g(h) = Σ_g (Σ_{h in g} q_h) · k_g
   at::Tensor s = at::einsum("gd,ngd->n", {q_last, k.to(at::kFloat)});          // [n]
   return at::avg_pool1d(s.unsqueeze(0), {kernel}, {1}, {kernel / 2}, false, true).squeeze(0);

@@ -12,7 +12,8 @@
 namespace asl::prune {
 
 // §2 steps 1-5: pooled window attention P [H, N] (N = q - W) for one sequence's tokens at one
-// layer. q: [q, H, d] and k: [q, Hkv, d], both rotated. Chunks over heads so that at most
+// layer. q: [m, H, d] the last m >= W of the q tokens' queries (a cached prefix has none) and k:
+// [q, Hkv, d] every token's key, both rotated. Chunks over heads so that at most
 // `max_chunk_bytes` of probabilities exist at once. Requires q > W.
 at::Tensor PooledWindowScores(const at::Tensor& q, const at::Tensor& k, int window, int kernel,
                               Pooling pooling, double scale, int64_t max_chunk_bytes = 64 << 20);
@@ -36,8 +37,8 @@ at::Tensor KeptSet(const at::Tensor& order, int64_t k, int64_t num_scored, int64
 // Requires q > C (q = N + W).
 at::Tensor SnapKvKeep(const at::Tensor& kv_head_scores, int64_t budget, int64_t window);
 
-// GemFilter's score (asl-method.md §7): last query against every key, raw inner products summed
-// over all heads, average-pooled with `kernel` -> [q] float32.
+// GemFilter's score (asl-method.md §7): last query (q's last row) against every key (k [q, Hkv, d]),
+// raw inner products summed over all heads, average-pooled with `kernel` -> [q] float32.
 at::Tensor GemFilterScores(const at::Tensor& q, const at::Tensor& k, int kernel);
 
 // The ring of the last L_obs rank vectors and the relative-variance test of §3.

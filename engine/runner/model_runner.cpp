@@ -17,11 +17,19 @@ namespace asl::runner {
 // policies or n completions of it) share one segment: their rows are the same numbers, so the
 // forward pass computes them once. A member whose policy cuts it leaves with a copy of the rows it
 // selected; members that never cut share to the end.
+//
+// A segment of a prompt whose first `prefix` tokens are cached (pinned by its members' sequences)
+// holds rows for the tokens after them only: they attend the prefix's cached K/V first.
 struct PrefillJob::Segment {
   std::vector<size_t> members;  // indices into the job's seqs
   int64_t count = 0;
   at::Tensor token_ids;   // [count] int64 on CPU: which prompt tokens these rows are
   at::Tensor positions;   // [count] int64 on CPU: original positions (re-indexed in pass 2)
+  // The prompt's tokens 0..count-1 (after `prefix`) in order: pass 1 and never cut.
+  bool in_prompt_order = true;
+  int64_t prefix = 0;     // cached prompt tokens before the rows (positions 0..prefix-1)
+  at::Tensor prefix_ids;  // [prefix] int64 on CPU
+  at::Tensor prefix_k, prefix_v;  // [prefix, Hkv, d] the layer in progress's cached K/V (compute dtype)
 };
 
 PrefillJob::PrefillJob(PrefillJob&&) noexcept = default;
@@ -59,7 +67,8 @@ std::vector<Segment> MergeIdentical(std::vector<Segment> batch) {
   std::vector<Segment> merged;
   for (Segment& a : batch) {
     auto same = std::find_if(merged.begin(), merged.end(), [&](const Segment& m) {
-      return m.count == a.count && at::equal(m.token_ids, a.token_ids) && at::equal(m.positions, a.positions);
+      return m.count == a.count && m.prefix == a.prefix && m.in_prompt_order == a.in_prompt_order &&
+             at::equal(m.token_ids, a.token_ids) && at::equal(m.positions, a.positions);
     });
     if (same == merged.end()) {
       merged.push_back(std::move(a));
@@ -105,12 +114,18 @@ StatusOr<PrefillJob> ModelRunner::StartPrefill(std::vector<PrefillSeq> seqs) {
     PrefillJob job;
     std::vector<Segment> batch;
     for (size_t i = 0; i < seqs.size(); ++i) {
-      if (seqs[i].prompt_ids.empty()) return InvalidArgument("prefill of an empty prompt");
+      const int64_t n = static_cast<int64_t>(seqs[i].prompt_ids.size());
+      if (n == 0) return InvalidArgument("prefill of an empty prompt");
+      const int64_t prefix = kv_->PrefixTokens(seqs[i].seq);
+      if (prefix < 0 || prefix >= n) return InvalidArgument("prefill: a cached prefix must leave a token to compute");
+      at::Tensor ids = at::tensor(seqs[i].prompt_ids, at::kInt).to(at::kLong);
       Segment a;
       a.members = {i};
-      a.token_ids = at::tensor(seqs[i].prompt_ids, at::kInt).to(at::kLong);
-      a.count = a.token_ids.size(0);
-      a.positions = at::arange(a.count, at::kLong);
+      a.prefix = prefix;
+      a.prefix_ids = ids.narrow(0, 0, prefix);
+      a.token_ids = ids.narrow(0, prefix, n - prefix);
+      a.count = n - prefix;
+      a.positions = at::arange(prefix, n, at::kLong);
       batch.push_back(std::move(a));
     }
     job.in_job_.assign(seqs.size(), 1);
@@ -134,12 +149,16 @@ int64_t ModelRunner::ChunkEnd(const PrefillJob& job) const {
 
 double ModelRunner::NextChunkCost(const PrefillJob& job) const {
   auto chunk_cost = [&](const std::vector<Segment>& segments, int64_t begin, int64_t end) {
-    // Rows, plus each segment's query-key pairs of the chunk's rows: local row i attends i + 1 keys.
+    // Rows, plus each segment's query-key pairs of the chunk's rows: local row i attends the cached
+    // prefix and i + 1 keys.
     double pairs = 0;
     int64_t start = 0;
     for (const Segment& a : segments) {
       const int64_t l0 = std::max<int64_t>(begin - start, 0), l1 = std::min<int64_t>(end - start, a.count);
-      if (l1 > l0) pairs += (static_cast<double>(l1) * (l1 + 1) - static_cast<double>(l0) * (l0 + 1)) / 2;
+      if (l1 > l0) {
+        pairs += (static_cast<double>(l1) * (l1 + 1) - static_cast<double>(l0) * (l0 + 1)) / 2 +
+                 static_cast<double>(l1 - l0) * static_cast<double>(a.prefix);
+      }
       start += a.count;
     }
     return static_cast<double>(end - begin) + cost_.attention_pair_weight * pairs;
@@ -211,6 +230,12 @@ void ModelRunner::RunChunk(PrefillJob& job, int64_t end) {
     job.k_ = at::empty({T, c.num_kv_heads, c.head_dim}, opts);
     job.v_ = at::empty({T, c.num_kv_heads, c.head_dim}, opts);
     job.x_out_ = at::empty_like(job.x_);
+    for (Segment& a : job.batch_) {
+      if (a.prefix == 0) continue;
+      auto [pk, pv] = kv_->PrefixKv(job.seqs_[a.members[0]].seq, layer);  // [Hkv, prefix, d]
+      a.prefix_k = pk.to(job.x_.device(), job.x_.scalar_type()).transpose(0, 1).contiguous();
+      a.prefix_v = pv.to(job.x_.device(), job.x_.scalar_type()).transpose(0, 1).contiguous();
+    }
   }
   job.token_layers_ += n;
   at::Tensor x = job.x_.narrow(0, begin, n);
@@ -219,14 +244,18 @@ void ModelRunner::RunChunk(PrefillJob& job, int64_t end) {
   job.q_.narrow(0, begin, n).copy_(qkv.q);
   job.k_.narrow(0, begin, n).copy_(qkv.k);
   job.v_.narrow(0, begin, n).copy_(qkv.v);
-  // Each segment's rows in the chunk attend that segment's rows up to themselves (causal).
+  // Each segment's rows in the chunk attend its cached prefix and its rows up to themselves (causal).
   std::vector<at::Tensor> attn_parts;
   int64_t start = 0;
   for (const Segment& a : job.batch_) {
     const int64_t c0 = std::max(begin, start), c1 = std::min(end, start + a.count);
     if (c1 > c0) {
-      attn_parts.push_back(m.CausalAttention(job.q_.narrow(0, c0, c1 - c0), job.k_.narrow(0, start, c1 - start),
-                                             job.v_.narrow(0, start, c1 - start)));
+      at::Tensor k = job.k_.narrow(0, start, c1 - start), v = job.v_.narrow(0, start, c1 - start);
+      if (a.prefix > 0) {
+        k = at::cat({a.prefix_k, k});
+        v = at::cat({a.prefix_v, v});
+      }
+      attn_parts.push_back(m.CausalAttention(job.q_.narrow(0, c0, c1 - c0), k, v));
     }
     start += a.count;
   }
@@ -246,54 +275,83 @@ Status ModelRunner::EndLayer(PrefillJob& job) {
   bool changed = false;
   int64_t offset = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
-    const Segment& a = batch[i];
-    model::Qkv s{job.q_.narrow(0, offset, a.count), job.k_.narrow(0, offset, a.count),
-                 job.v_.narrow(0, offset, a.count)};
+    Segment& a = batch[i];
+    // The segment's queries, and the keys and values of all its tokens: cached prefix, then rows.
+    at::Tensor q = job.q_.narrow(0, offset, a.count);
+    at::Tensor k = job.k_.narrow(0, offset, a.count), v = job.v_.narrow(0, offset, a.count);
     offset += a.count;
+    const at::Tensor k_rows = k, v_rows = v;
+    if (a.prefix > 0) {
+      k = at::cat({a.prefix_k, k});
+      v = at::cat({a.prefix_v, v});
+    }
+    const int64_t tokens = a.prefix + a.count;
     // Members of one segment share its Q/K, so their scores are computed once per scoring setting.
     std::vector<std::pair<std::tuple<int, int, Pooling>, at::Tensor>> pooled_by_setting;
     at::Tensor gem_shared;
+    int64_t stored_in_order = -1;  // a member whose table now holds the prompt's tokens in order
     for (size_t member : a.members) {
       prune::PruningPolicy& policy = *seqs[member].policy;
       const PruningParams& p = policy.params();
-      const prune::ScoreNeeds needs = policy.Needs(layer, a.count);
+      const prune::ScoreNeeds needs = policy.Needs(layer, tokens);
       at::Tensor pooled, gem;
       if (needs.window_scores) {
         const auto setting = std::make_tuple(p.window, p.kernel, p.pooling);
         auto it = std::find_if(pooled_by_setting.begin(), pooled_by_setting.end(),
                                [&](const auto& e) { return e.first == setting; });
         if (it == pooled_by_setting.end()) {
-          pooled_by_setting.emplace_back(
-              setting, prune::PooledWindowScores(s.q, s.k, p.window, p.kernel, p.pooling, scale));
+          pooled_by_setting.emplace_back(setting, prune::PooledWindowScores(q, k, p.window, p.kernel, p.pooling, scale));
           it = std::prev(pooled_by_setting.end());
         }
         pooled = it->second;
       }
       if (needs.gem_scores) {
-        if (!gem_shared.defined()) gem_shared = prune::GemFilterScores(s.q, s.k, /*kernel=*/5);
+        if (!gem_shared.defined()) gem_shared = prune::GemFilterScores(q, k, /*kernel=*/5);
         gem = gem_shared;
       }
       const bool storing = !policy.in_first_pass();
-      prune::LayerPlan plan = policy.OnLayer(layer, a.count, pooled, gem);
+      prune::LayerPlan plan = policy.OnLayer(layer, tokens, pooled, gem);
       if (storing) {
-        ASL_RETURN_IF_ERROR(kv_->Append(seqs[member].seq, layer, GatherPerHead(s.k, plan.kv_keep),
-                                        GatherPerHead(s.v, plan.kv_keep)));
+        const kv::SeqId seq = seqs[member].seq;
+        if (!plan.kv_keep.defined() && a.prefix > 0) {
+          // Everything is stored: the cached prefix's blocks are shared, not copied (a sequence
+          // that stores its whole prompt may have them in its tables from admission).
+          if (kv_->Length(seq, layer) == 0) ASL_RETURN_IF_ERROR(kv_->SharePrefix(seq, layer));
+          ASL_CHECK(kv_->Length(seq, layer) == a.prefix, "prefill: the shared prefix disagrees with the segment");
+          ASL_RETURN_IF_ERROR(kv_->Append(seq, layer, k_rows.transpose(0, 1).contiguous(), v_rows.transpose(0, 1).contiguous()));
+        } else {
+          ASL_CHECK(kv_->Length(seq, layer) == 0, "prefill: a compressed layer must start empty");
+          ASL_RETURN_IF_ERROR(kv_->Append(seq, layer, GatherPerHead(k, plan.kv_keep), GatherPerHead(v, plan.kv_keep)));
+        }
+        if (!plan.kv_keep.defined() && a.in_prompt_order && seqs[member].cache_prompt) stored_in_order = static_cast<int64_t>(member);
       }
       changed |= plan.select.defined();
       plans[i].push_back(std::move(plan));
+    }
+    // The prefix cache gets this layer's uncompressed K/V of the prompt: as the table that holds
+    // them, else as copies (whole blocks only; the pool skips what it has).
+    if (a.in_prompt_order) {
+      const bool offered = std::any_of(a.members.begin(), a.members.end(), [&](size_t mb) { return seqs[mb].cache_prompt; });
+      if (stored_in_order >= 0) {
+        kv_->CacheTable(seqs[static_cast<size_t>(stored_in_order)].seq, layer, seqs[static_cast<size_t>(stored_in_order)].prompt_ids);
+      } else if (offered) {
+        kv_->CacheRows(layer, seqs[a.members[0]].prompt_ids, a.prefix, k_rows.transpose(0, 1), v_rows.transpose(0, 1));
+      }
     }
   }
   at::Tensor& x = job.x_;
   x = job.x_out_;
   job.q_ = job.k_ = job.v_ = job.x_out_ = at::Tensor();
+  for (Segment& a : batch) a.prefix_k = a.prefix_v = at::Tensor();
   job.layer_ = layer + 1;
   job.row_ = 0;
   if (!changed) return Status::Ok();
 
   // Shrink the packed batch: a sequence cut here keeps its selected rows (with their original
   // positions, §4) as a segment of its own; a sequence whose first pass ended leaves for pass 2
-  // (§7); the segment's other members keep its rows.
-  std::vector<at::Tensor> rows;
+  // (§7); the segment's other members keep its rows. Selected tokens of a cached prefix have no
+  // rows: their residual stream is recomputed (RecomputePrefixRows).
+  std::vector<at::Tensor> x_parts, pos_parts;
   std::vector<Segment> next;
   offset = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -308,26 +366,37 @@ Status ModelRunner::EndLayer(PrefillJob& job) {
         staying.push_back(member);
         continue;
       }
-      const at::Tensor select = plan.select.cpu();
+      const at::Tensor select = plan.select.cpu();  // into [prefix ids..., rows...]
       Segment cut;
       cut.members = {member};
-      at::Tensor kept = a.positions.index_select(0, select).contiguous();
+      cut.in_prompt_order = false;
+      const at::Tensor all_ids = a.prefix > 0 ? at::cat({a.prefix_ids, a.token_ids}) : a.token_ids;
+      const at::Tensor all_pos = a.prefix > 0 ? at::cat({at::arange(a.prefix, at::kLong), a.positions}) : a.positions;
+      at::Tensor kept = all_pos.index_select(0, select).contiguous();
       seqs[member].policy->mutable_report().selected_positions.assign(
           kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel());
-      cut.token_ids = a.token_ids.index_select(0, select);
+      cut.token_ids = all_ids.index_select(0, select);
       cut.count = cut.token_ids.size(0);
       if (plan.end_pass) {
         cut.positions = at::arange(cut.count, at::kLong);
         job.next_pass_.push_back(std::move(cut));
         continue;
       }
-      cut.positions = std::move(kept);
-      rows.push_back(select.to(x.device()) + start);
+      cut.positions = kept;
+      const int64_t num_in_prefix = (select < a.prefix).sum().item<int64_t>();  // select is sorted
+      if (num_in_prefix > 0) {
+        x_parts.push_back(RecomputePrefixRows(job, a, kept.narrow(0, 0, num_in_prefix), layer));
+        job.token_layers_ += num_in_prefix * (layer + 1);
+      }
+      const at::Tensor in_rows = select.narrow(0, num_in_prefix, select.size(0) - num_in_prefix) - a.prefix;
+      x_parts.push_back(x.index_select(0, (in_rows + start).to(x.device())));
+      pos_parts.push_back(kept);
       next.push_back(std::move(cut));
     }
     if (staying.empty()) continue;
     a.members = std::move(staying);
-    rows.push_back(RowRange(start, a.count, x.device()));
+    x_parts.push_back(x.narrow(0, start, a.count));
+    pos_parts.push_back(job.positions_.narrow(0, start, a.count));
     next.push_back(std::move(a));
   }
   batch = std::move(next);
@@ -336,10 +405,27 @@ Status ModelRunner::EndLayer(PrefillJob& job) {
     job.positions_ = at::Tensor();
     return Status::Ok();
   }
-  at::Tensor index = at::cat(rows);
-  x = x.index_select(0, index);
-  job.positions_ = job.positions_.index_select(0, index.cpu());
+  x = at::cat(x_parts);
+  job.positions_ = at::cat(pos_parts);
   return Status::Ok();
+}
+
+at::Tensor ModelRunner::RecomputePrefixRows(const PrefillJob& job, const Segment& a, const at::Tensor& positions,
+                                            int last) {
+  const model::LlamaModel& m = *model_;
+  const kv::SeqId seq = job.seqs_[a.members[0]].seq;
+  at::Tensor x = m.Embed(a.prefix_ids.index_select(0, positions));
+  model::Rope rope = m.RopeFor(positions);
+  for (int layer = 0; layer <= last; ++layer) {
+    // Each token's path to here depends only on earlier tokens' K/V, which the cache holds.
+    model::Qkv qkv = m.AttentionInputs(layer, x, rope, model::Rows::kTokens);
+    auto [pk, pv] = kv_->PrefixKv(seq, layer);
+    at::Tensor k = pk.to(x.device(), x.scalar_type()).transpose(0, 1);
+    at::Tensor v = pv.to(x.device(), x.scalar_type()).transpose(0, 1);
+    at::Tensor h = x + m.AttentionOutput(layer, m.AttentionAt(qkv.q, k, v, positions), model::Rows::kTokens);
+    x = h + m.Mlp(layer, h, model::Rows::kTokens);
+  }
+  return x;
 }
 
 void ModelRunner::EndPass(PrefillJob& job, PrefillSlice& slice) {

@@ -1,5 +1,6 @@
 // ModelRunner: executes prefill and decode for a set of sequences on the model, writing what each
-// layer keeps through the KV seam. Prefill packs several prompts into one varlen batch; each
+// layer keeps through the KV seam. A sequence whose prompt starts with a cached prefix computes only
+// its other tokens, attending to the prefix's cached K/V (docs/architecture.md, "Prefix cache"). Prefill packs several prompts into one varlen batch; each
 // sequence's PruningPolicy decides per layer what it stores and when it is cut, and a cut sequence
 // shrinks inside the packed batch while the others continue at full length (asl-method.md §8).
 // Identical prompts in one batch (one prompt under several policies, or n completions of it) are
@@ -31,11 +32,15 @@
 namespace asl::runner {
 
 struct PrefillSeq {
-  kv::SeqId seq = 0;                   // already registered in the KvCache, with empty layers
-  std::vector<int32_t> prompt_ids;     // the prompt (all tokens; no prefix caching across steps)
+  // Already registered in the KvCache, with empty layers, or with a pinned cached prefix of its
+  // prompt (KvCache::PrefixTokens): then only the tokens after it are computed.
+  kv::SeqId seq = 0;
+  std::vector<int32_t> prompt_ids;     // the prompt (all tokens)
   // Owned by the caller; updated with the report. Never dereferenced once the sequence has left
   // the job (Advance's `keep` said no), so the caller may destroy it from then on.
   prune::PruningPolicy* policy = nullptr;
+  // Offer the prompt's uncompressed K/V to the prefix cache (KvCache::CacheTable / CacheRows).
+  bool cache_prompt = true;
 };
 
 // The estimated cost of prefill work, in token-layers: one prompt row through one layer's
@@ -176,6 +181,11 @@ class ModelRunner {
   void RunChunk(PrefillJob& job, int64_t end);
   // The layer's last chunk ran: every member's policy decides, its KV is stored, the batch shrinks.
   Status EndLayer(PrefillJob& job);
+  // The residual stream leaving layer `last` of the cached-prefix tokens at `positions` ([k] int64,
+  // sorted, all inside the prefix of `a`), recomputed from their tokens against the prefix's cached
+  // K/V: what a one-shot cut needs for the prefix tokens it keeps.
+  at::Tensor RecomputePrefixRows(const PrefillJob& job, const PrefillJob::Segment& a, const at::Tensor& positions,
+                                 int last);
   // The current pass has run every layer (or lost every segment): its members finish, with their
   // last row's logits appended to `slice`; members waiting for a second pass begin it.
   void EndPass(PrefillJob& job, PrefillSlice& slice);

@@ -36,7 +36,8 @@ int64_t BlockAccounting::ForStep(const Sequence& seq) const {
 
 int64_t BlockAccounting::ToAdmit(const Sequence& seq) const {
   const int64_t replay_blocks = BlocksForTokens(static_cast<int64_t>(seq.output_ids.size()));
-  return seq.admission_blocks + num_layers_ * (1 + replay_blocks);
+  const PrefixHit hit = pool_->CachedPrefix(seq);
+  return seq.admission_blocks - hit.shared_blocks + hit.evictable_blocks + num_layers_ * (1 + replay_blocks);
 }
 
 int64_t BlockAccounting::Reserved(const Sequence& seq) const { return std::max(seq.lifetime_blocks, ToAdmit(seq)); }

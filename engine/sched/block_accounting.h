@@ -19,14 +19,22 @@
 
 namespace asl::sched {
 
+// A waiting sequence's cached prompt prefix, as admitting it now would pin it.
+struct PrefixHit {
+  int64_t shared_blocks = 0;     // blocks its tables will share from admission (not allocated)
+  int64_t evictable_blocks = 0;  // blocks of the prefix that are free now: pinning takes them
+};
+
 // The pool's facts, answered by the engine over its BlockPool (and by fakes in tests).
 class PoolFacts {
  public:
   virtual ~PoolFacts() = default;
-  virtual int64_t num_free_blocks() const = 0;
+  virtual int64_t num_free_blocks() const = 0;    // free list + evictable cached blocks
   virtual int64_t num_total_blocks() const = 0;
   // Tokens stored for (seq, layer); 0 for a sequence the pool does not hold.
   virtual int64_t Length(RequestId seq, int layer) const = 0;
+  // The prefix cache's hit for a waiting sequence (none without a prefix cache).
+  virtual PrefixHit CachedPrefix(const Sequence& /*seq*/) const { return {}; }
 };
 
 // A request's block bounds, fixed at Submit.
@@ -59,8 +67,9 @@ class BlockAccounting {
   // one whose prefill is in flight, the rest of its prompt's bound (the slices still to come write
   // it).
   int64_t ForStep(const Sequence& seq) const;
-  // What must be free to admit `seq` now: its prompt's bound, the blocks of the outputs a preempted
-  // sequence replays through decode, and one decode block per layer of headroom.
+  // What must be free to admit `seq` now: its prompt's bound (less the cached blocks its tables
+  // share, plus the free cached blocks it pins), the blocks of the outputs a preempted sequence
+  // replays through decode, and one decode block per layer of headroom.
   int64_t ToAdmit(const Sequence& seq) const;
   // What reserve admission sets aside for `seq` for its whole life.
   int64_t Reserved(const Sequence& seq) const;

@@ -33,6 +33,7 @@ struct Sequence {
   // Block bounds from BlockAccounting::Bounds at Submit.
   int64_t admission_blocks = 0;        // upper bound of the prompt's KV blocks after pruning
   int64_t lifetime_blocks = 0;         // upper bound of all its blocks: prompt after pruning + max_tokens
+  int64_t cached_prefix_tokens = 0;    // prompt tokens its (last) admission found in the prefix cache
   uint64_t arrival_seq = 0;            // FIFO order of arrival
   int num_preemptions = 0;
   Clock::time_point arrival_time;

@@ -64,6 +64,7 @@ class FakeEngine : public Engine {
     std::lock_guard<std::mutex> lock(mu_);
     cancelled_.insert(id);
   }
+  void ResetPrefixCache() override {}
   void Shutdown(bool, std::chrono::milliseconds) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
