@@ -87,7 +87,8 @@ struct PruningReport {
   // decode steps between slices are not counted: TTFT has them).
   double prefill_seconds = 0.0;
   // Prefill compute of this request alone, machine-independent: Σ over layers (and both passes of
-  // a two-pass policy) of the tokens the layer ran on; full = L * prompt.
+  // a two-pass policy) of the tokens the layer ran on; full = L * prompt. Tokens of a cached prefix
+  // are not counted (they were not computed), the rows a cut recomputed for it are.
   int64_t prefill_token_layers = 0;
   // Engine steps the prefill took (layer-sliced prefill: one slice of whole layers per step).
   int num_prefill_slices = 0;

@@ -62,6 +62,18 @@ prometheus::MetricFamily Gauge(const std::string& name, const std::string& help,
   return f;
 }
 
+// A counter whose total the engine keeps (read at scrape time).
+prometheus::MetricFamily CounterOf(const std::string& name, const std::string& help, double value) {
+  prometheus::MetricFamily f;
+  f.name = name;
+  f.help = help;
+  f.type = prometheus::MetricType::Counter;
+  prometheus::ClientMetric m;
+  m.counter.value = value;
+  f.metric.push_back(m);
+  return f;
+}
+
 }  // namespace
 
 struct ServerMetrics::Families {
@@ -179,6 +191,14 @@ class ServerMetrics::GaugeCollector final : public prometheus::Collectable {
         Gauge("asl_requests_prefilling", "Running sequences whose prefill is in flight",
               static_cast<double>(s.num_prefilling)),
         Gauge("asl_requests_waiting", "Requests waiting for admission", static_cast<double>(s.num_waiting)),
+        Gauge("asl_kv_blocks_cached", "KV blocks holding prefix-cache K/V (in use or evictable)",
+              static_cast<double>(s.kv_blocks_cached)),
+        CounterOf("asl_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache at admission",
+                  static_cast<double>(s.prefix_cache_query_tokens)),
+        CounterOf("asl_prefix_cache_hits_total", "Prompt tokens found in the prefix cache (not prefilled)",
+                  static_cast<double>(s.prefix_cache_hit_tokens)),
+        CounterOf("asl_prefix_cache_evictions_total", "Cached KV blocks evicted to make room",
+                  static_cast<double>(s.prefix_cache_evictions)),
     };
   }
 

@@ -311,6 +311,7 @@ Status ModelRunner::EndLayer(PrefillJob& job) {
       }
       const bool storing = !policy.in_first_pass();
       prune::LayerPlan plan = policy.OnLayer(layer, tokens, pooled, gem);
+      policy.mutable_report().prefill_token_layers -= a.prefix;  // the cached prefix was not computed
       if (storing) {
         const kv::SeqId seq = seqs[member].seq;
         if (!plan.kv_keep.defined() && a.prefix > 0) {
@@ -387,6 +388,7 @@ Status ModelRunner::EndLayer(PrefillJob& job) {
       if (num_in_prefix > 0) {
         x_parts.push_back(RecomputePrefixRows(job, a, kept.narrow(0, 0, num_in_prefix), layer));
         job.token_layers_ += num_in_prefix * (layer + 1);
+        seqs[member].policy->mutable_report().prefill_token_layers += num_in_prefix * (layer + 1);
       }
       const at::Tensor in_rows = select.narrow(0, num_in_prefix, select.size(0) - num_in_prefix) - a.prefix;
       x_parts.push_back(x.index_select(0, (in_rows + start).to(x.device())));
@@ -482,7 +484,9 @@ StatusOr<PrefillSlice> ModelRunner::Advance(PrefillJob& job, double budget,
       slice.num_chunks++;
       slice.cost += cost;
       if (job.row_ < job.x_.size(0)) continue;
+      const int64_t rows_before = job.token_layers_;
       ASL_RETURN_IF_ERROR(EndLayer(job));
+      slice.token_layers += job.token_layers_ - rows_before;  // a cut's recomputed prefix rows
       slice.num_layers_done++;
       // A pass that just ended finishes its sequences in this call, not in the next.
       if (job.batch_.empty() || job.layer_ >= num_layers) EndPass(job, slice);

@@ -78,7 +78,7 @@ struct PrefillSlice {
   int num_chunks = 0;                  // chunks of layers run
   int num_layers_done = 0;             // layers finished (over the job's whole packed batch)
   double cost = 0;                     // their estimated cost (PrefillCostModel)
-  int64_t token_layers = 0;            // rows the chunks computed
+  int64_t token_layers = 0;            // rows the chunks computed (and a cut recomputed)
   std::vector<PrefilledSeq> done;      // sequences that finished in this call
   at::Tensor logits;                   // [done.size(), vocab] float32 on CPU: their last token's logits
 };

@@ -392,6 +392,9 @@ bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out
   }
   std::optional<std::string> user;
   if (!f.String("user", &user)) return false;  // accepted for compatibility; not used
+  b.reset();
+  if (!f.Bool("cache_prompt", &b)) return false;  // llama.cpp's name: false skips the prefix cache
+  if (b) out->grpc.set_cache_prompt(*b);
   if (!RejectUnsupported(endpoint, f)) return false;
 
   if (endpoint == Endpoint::kChatCompletions) {

@@ -103,7 +103,8 @@ json UsageJson(const v1::GenerateComplete& complete) {
   const v1::Usage& u = complete.usage();
   return {{"prompt_tokens", u.prompt_tokens()},
           {"completion_tokens", u.completion_tokens()},
-          {"total_tokens", u.prompt_tokens() + u.completion_tokens()}};
+          {"total_tokens", u.prompt_tokens() + u.completion_tokens()},
+          {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens()}}}};
 }
 
 json AslJson(const std::string& request_id, const v1::GenerateComplete& complete) {

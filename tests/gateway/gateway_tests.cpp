@@ -36,7 +36,7 @@ TEST(ParseRequest, ChatMapsOpenAiAndAslFields) {
     "max_tokens": 5, "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "seed": -1, "stop": "X",
     "presence_penalty": 0.1, "frequency_penalty": 0.2, "top_k": 3, "min_p": 0.05, "repetition_penalty": 1.1,
     "ignore_eos": true, "logprobs": true, "top_logprobs": 0, "stream": true,
-    "stream_options": {"include_usage": true}, "user": "u", "unknown_top_level": 1,
+    "stream_options": {"include_usage": true}, "user": "u", "unknown_top_level": 1, "cache_prompt": false,
     "pruning": {"policy": "asl", "tau": 0.25, "kv_budget": 256, "select_k": 256.0, "detailed_report": true}})");
   const v1::GenerateRequest& g = r.grpc;
   ASSERT_EQ(g.chat().messages_size(), 2);
@@ -56,6 +56,7 @@ TEST(ParseRequest, ChatMapsOpenAiAndAslFields) {
   EXPECT_FALSE(g.pruning().has_window());  // unset knobs stay unset: server defaults
   EXPECT_TRUE(g.detailed_pruning_report());
   EXPECT_DOUBLE_EQ(g.sampling().repetition_penalty(), 1.1);
+  EXPECT_TRUE(g.has_cache_prompt() && !g.cache_prompt());
 }
 
 TEST(ParseRequest, CompletionPromptForms) {
@@ -235,6 +236,7 @@ TEST(Responses, UsageAndFinishChunk) {
   c.set_finish_reason(v1::FINISH_REASON_LENGTH);
   c.mutable_usage()->set_prompt_tokens(10);
   c.mutable_usage()->set_completion_tokens(3);
+  c.mutable_usage()->set_cached_tokens(8);
   c.mutable_pruning()->set_policy("asl");
   c.mutable_pruning()->set_outcome(v1::SELECTION_OUTCOME_FORCED);
   ResponseContext ctx;
@@ -242,6 +244,7 @@ TEST(Responses, UsageAndFinishChunk) {
   ctx.model = "m";
   const nlohmann::json full = CompletionJson(ctx, "abc", nullptr, c);
   EXPECT_EQ(full["usage"]["total_tokens"], 13);
+  EXPECT_EQ(full["usage"]["prompt_tokens_details"]["cached_tokens"], 8);  // OpenAI's field
   EXPECT_EQ(full["choices"][0]["message"]["content"], "abc");
   EXPECT_EQ(full["choices"][0]["finish_reason"], "length");
   EXPECT_EQ(full["asl"]["pruning"]["outcome"], "forced");

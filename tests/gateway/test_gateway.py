@@ -99,6 +99,20 @@ def test_completions_string_prompt_and_usage(client, model):
     assert text == r.choices[0].text
 
 
+def test_prefix_cache_cached_tokens_in_usage(client, model):  # issue 15
+    doc = " ".join(f"Paragraph {i} of the shared document says nothing of note." for i in range(30))
+    def ask(q, **extra):
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "system", "content": doc}, {"role": "user", "content": q}],
+            max_tokens=4, temperature=0, extra_body=extra or None)
+    ask("First question?")
+    r = ask("Second question?")
+    assert r.usage.prompt_tokens_details.cached_tokens > r.usage.prompt_tokens // 2
+    off = ask("Second question?", cache_prompt=False)
+    assert off.usage.prompt_tokens_details.cached_tokens == 0
+    assert off.choices[0].message.content == r.choices[0].message.content
+
+
 def test_completions_token_id_prompt(client, model):
     ids = [1, 504, 3458, 282, 4649, 314]  # sent as is: no BOS is added to token ids
     r = client.completions.create(model=model, prompt=ids, max_tokens=4, temperature=0,

@@ -274,6 +274,39 @@ def test_health_transitions(fresh_server_dir):
     assert rc == 0, s.log()
 
 
+# ---- prefix cache (issue 15) ----------------------------------------------------------------------
+
+def test_prefix_cache_hit_reports_cached_tokens_and_same_output(server):
+    # A long shared system prompt, two different questions: the second prefills only its tail.
+    system = " ".join(f"Rule {i}: answer briefly and truthfully about item {i}." for i in range(40))
+    def ask(question, rid, **extra):
+        return generate(server.stub, request_id=rid, sampling=greedy(8, ignore_eos=True),
+                        chat=pb.ChatMessages(messages=[pb.ChatMessage(role="system", content=system),
+                                                       pb.ChatMessage(role="user", content=question)]), **extra)
+    server.stub.ResetPrefixCache(pb.ResetPrefixCacheRequest(), timeout=10)
+    hits_before = sample(metrics(server), "asl_prefix_cache_hits", "asl_prefix_cache_hits_total")
+    _, first = ask("What is item 3?", "pc-1")
+    assert first.usage.cached_tokens == 0
+    chunks, second = ask("What is item 7?", "pc-2")
+    assert second.usage.prompt_tokens > 400
+    # Everything up to the question is cached (in whole blocks).
+    assert second.usage.cached_tokens > 0.8 * second.usage.prompt_tokens
+    m = metrics(server)
+    assert sample(m, "asl_prefix_cache_hits", "asl_prefix_cache_hits_total") >= hits_before + second.usage.cached_tokens
+    assert sample(m, "asl_kv_blocks_cached", "asl_kv_blocks_cached") > 0
+    # The same question again gets the same answer (greedy) with the cache and without it.
+    c_hit, again = ask("What is item 7?", "pc-3")
+    c_off, off = ask("What is item 7?", "pc-4", cache_prompt=False)
+    assert again.usage.cached_tokens > second.usage.cached_tokens - 1
+    assert off.usage.cached_tokens == 0
+    ids = lambda cs: [t for ch in cs for t in ch.token_ids]
+    assert ids(c_hit) == ids(c_off) == ids(chunks)
+    # After a reset nothing is cached.
+    server.stub.ResetPrefixCache(pb.ResetPrefixCacheRequest(), timeout=10)
+    _, cold = ask("What is item 7?", "pc-5")
+    assert cold.usage.cached_tokens == 0
+
+
 # ---- cancellation, deadlines, concurrency ---------------------------------------------------------
 
 def test_cancellation_frees_blocks(server):
@@ -439,6 +472,7 @@ ALL_METRICS = [
     "asl_process_resident_memory_bytes", "asl_device_memory_allocated_bytes", "asl_requests_running",
     "asl_requests_waiting", "asl_requests", "asl_prompt_tokens", "asl_generation_tokens", "asl_preemptions",
     "asl_request_prefill_slices", "asl_step_seconds", "asl_prefill_token_layers", "asl_requests_prefilling",
+    "asl_kv_blocks_cached", "asl_prefix_cache_queries", "asl_prefix_cache_hits", "asl_prefix_cache_evictions",
 ]
 VLLM_TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                      20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
