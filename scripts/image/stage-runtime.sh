@@ -25,6 +25,8 @@ done
 case $FLAVOUR in
   cpu)
     for l in libtorch_cpu.so libc10.so libgomp.so.1; do cp "$TORCH_LIB/$l" "$OUT/lib/"; done
+    # The wheel keeps full symbol tables (.symtab): 93 MB of libtorch_cpu.so that nothing loads.
+    strip --strip-unneeded "$OUT/lib/libtorch_cpu.so" "$OUT/lib/libc10.so"
     for l in libcudart.so.13 libcupti.so.13; do
       f=$(find "$SITE/nvidia" -name "$l" | head -1)
       [[ -n $f ]] || { echo "stage-runtime: $l not found under $SITE/nvidia" >&2; exit 1; }
@@ -43,6 +45,7 @@ case $FLAVOUR in
     mkdir -p "$OUT/lib/site/torch"
     cp -a "$TORCH_LIB" "$OUT/lib/site/torch/lib"
     rm -rf "$OUT/lib/site/torch/lib/libtorch_python.so" "$OUT/lib/site/torch/lib/libshm"* "$OUT/lib/site/torch/lib/libshm_windows"
+    strip --strip-unneeded "$OUT"/lib/site/torch/lib/*.so
     cp -a "$SITE/nvidia" "$OUT/lib/site/nvidia"
     for b in "${BINARIES[@]}"; do patchelf --set-rpath '$ORIGIN/../lib/site/torch/lib' "$OUT/bin/$b"; done
     ;;
