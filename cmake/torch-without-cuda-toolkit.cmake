@@ -1,6 +1,6 @@
-# Included by CMake right after project() in the images' build stage
-# (-DCMAKE_PROJECT_INCLUDE=docker/torch-without-cuda-toolkit.cmake): lets find_package(Torch) use the
-# PyPI wheel (a CUDA build) on a machine without the CUDA toolkit. TorchConfig would otherwise
+# Included by CMake right after project() (-DCMAKE_PROJECT_INCLUDE=cmake/torch-without-cuda-toolkit.cmake,
+# which scripts/build.sh passes when no nvcc is found, and the images' build stage always): lets
+# find_package(Torch) use the PyPI wheel (a CUDA build) on a machine without the CUDA toolkit. TorchConfig would otherwise
 # enable the CUDA language (it needs nvcc) only to define the imported target torch::cudart, and
 # stop with "Your installed Caffe2 version uses CUDA but I cannot find the CUDA libraries";
 # Caffe2's public/cuda.cmake returns early when torch::cudart exists. Nothing of ours compiles
