@@ -5,7 +5,7 @@
 #   ASL_IMAGE_SKIP_BUILD=1 scripts/image/build-and-run.sh cpu   (the checks only, on a built image)
 # For each image: the server container started with Kubernetes-style args (which replace CMD), the
 # gateway container (same image, --entrypoint asl-gateway) in front of it, GET /health, one chat
-# completion, a /metrics scrape, the image's HEALTHCHECK, the user it runs as, ldd inside the image
+# completion, a /metrics scrape, the image's defaults alone with its HEALTHCHECK, the user it runs as, ldd inside the image
 # (no library missing), SIGTERM -> exit 0, and the image's size. Prints a summary to paste in
 # docs/deploy.md. The cuda image runs on the CPU here (the CUDA libraries load; no GPU is used).
 #
@@ -31,12 +31,15 @@ if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" uidmap
 fi
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs)
+# podman wants systemd for its periodic healthcheck timers and says so on every run; there is no
+# systemd here, and `podman healthcheck run` works without it, so those lines are dropped.
+pm() { "${PODMAN[@]}" "$@" 2> >(grep -v -E 'systemd connection|Removing timer' >&2); }
 NOFILE=$(ulimit -Hn); NPROC=$(( $(ulimit -Hu) < 32768 ? $(ulimit -Hu) : 32768 ))
 LIMITS=(--ulimit "nofile=$NOFILE:$NOFILE" --ulimit "nproc=$NPROC:$NPROC")
 
 # 1. The base: Debian bookworm's essential packages + apt (what debian:bookworm-slim holds, near
 #    enough) with the slim image's path exclusions, from the Debian mirror.
-if ! "${PODMAN[@]}" image exists "$BASE_TAG"; then
+if ! pm image exists "$BASE_TAG"; then
   log "mmdebstrap bookworm (essential + apt) -> $BASE_TAG"
   mmdebstrap --variant=apt --mode=root \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -46,7 +49,7 @@ if ! "${PODMAN[@]}" image exists "$BASE_TAG"; then
     "deb http://deb.debian.org/debian bookworm main" \
     "deb http://deb.debian.org/debian bookworm-updates main" \
     "deb http://deb.debian.org/debian-security bookworm-security main"
-  "${PODMAN[@]}" import --change 'CMD ["/bin/bash"]' "$WORK/bookworm.tar" "$BASE_TAG"
+  pm import --change 'CMD ["/bin/bash"]' "$WORK/bookworm.tar" "$BASE_TAG"
   rm -f "$WORK/bookworm.tar"
 fi
 
@@ -72,26 +75,26 @@ run_checks() {  # flavour
   local f=$1 img=localhost/asl-serve:$1
   local gp mp hp; gp=$(free_port); mp=$(free_port); hp=$(free_port)
   local srv=asl-proof-server-$f gw=asl-proof-gateway-$f
-  "${PODMAN[@]}" rm -f "$srv" "$gw" >/dev/null 2>&1 || true
-  log "$f: size $("${PODMAN[@]}" image inspect --format '{{.Size}}' "$img" | awk '{printf "%.0f MB", $1/1e6}')"
-  log "$f: entrypoint $("${PODMAN[@]}" image inspect --format '{{json .Config.Entrypoint}} cmd {{json .Config.Cmd}} user {{.Config.User}}' "$img")"
+  pm rm -f "$srv" "$gw" >/dev/null 2>&1 || true
+  log "$f: size $(pm image inspect --format '{{.Size}}' "$img" | awk '{printf "%.0f MB", $1/1e6}')"
+  log "$f: entrypoint $(pm image inspect --format '{{json .Config.Entrypoint}} cmd {{json .Config.Cmd}} user {{.Config.User}}' "$img")"
   log "$f: libraries missing inside the image (ldd):"
-  "${PODMAN[@]}" run --rm "${LIMITS[@]}" --entrypoint bash "$img" -c \
+  pm run --rm "${LIMITS[@]}" --entrypoint bash "$img" -c \
     'for b in /app/bin/*; do ldd $b | grep "not found" | sed "s|^|  $b: |"; done; echo "  (end)"'
   # Kubernetes-style args: they replace CMD (one --config, device cpu for the cuda image here).
-  "${PODMAN[@]}" run -d --name "$srv" --network host "${LIMITS[@]}" "$img" \
+  pm run -d --name "$srv" --network host "${LIMITS[@]}" "$img" \
     --config /app/config/default.yaml --server.host=127.0.0.1 --server.grpc_port="$gp" \
     --server.metrics_port="$mp" --kv_cache.bytes=64MiB --model.device=cpu >/dev/null
-  "${PODMAN[@]}" run -d --name "$gw" --network host "${LIMITS[@]}" --entrypoint /app/bin/asl-gateway "$img" \
+  pm run -d --name "$gw" --network host "${LIMITS[@]}" --entrypoint /app/bin/asl-gateway "$img" \
     --listen "127.0.0.1:$hp" --backend "127.0.0.1:$gp" >/dev/null
-  log "$f: runs as uid $("${PODMAN[@]}" exec "$srv" id -u)"
+  log "$f: runs as uid $(pm exec "$srv" id -u)"
   local t0=$SECONDS ok=0
   while ((SECONDS - t0 < 300)); do
     if curl -fsS "http://127.0.0.1:$hp/health" >/dev/null 2>&1; then ok=1; break; fi
-    "${PODMAN[@]}" container inspect -f '{{.State.Running}}' "$srv" | grep -q true || break
+    pm container inspect -f '{{.State.Running}}' "$srv" | grep -q true || break
     sleep 1
   done
-  if ((ok == 0)); then "${PODMAN[@]}" logs "$srv" | tail -20; log "$f: server never SERVING"; exit 1; fi
+  if ((ok == 0)); then pm logs "$srv" | tail -20; log "$f: server never SERVING"; exit 1; fi
   log "$f: gateway /health 200 after $((SECONDS - t0)) s"
   local body
   local model
@@ -102,11 +105,24 @@ run_checks() {  # flavour
   echo "$body" | "$PY" -c 'import json,sys; r=json.load(sys.stdin); c=r["choices"][0]; assert r["usage"]["completion_tokens"]>0, r; print("[image]   chat completion:", repr(c["message"]["content"]), c["finish_reason"], r["usage"])'
   local scrape; scrape=$(curl -fsS "http://127.0.0.1:$mp/metrics")
   log "$f: /metrics: $(echo "$scrape" | grep -c '^asl_') asl_ samples; $(echo "$scrape" | grep -E '^asl_generation_tokens_total')"
-  if "${PODMAN[@]}" healthcheck run "$srv"; then log "$f: HEALTHCHECK healthy"; else log "$f: HEALTHCHECK failed"; exit 1; fi
-  "${PODMAN[@]}" logs "$srv" 2>&1 | grep -m1 -E 'serving .* after' | sed 's/^/[image]   server log: /' || true
-  "${PODMAN[@]}" stop -t 60 "$gw" >/dev/null; "${PODMAN[@]}" stop -t 60 "$srv" >/dev/null
-  log "$f: after SIGTERM: server exit $("${PODMAN[@]}" container inspect -f '{{.State.ExitCode}}' "$srv"), gateway exit $("${PODMAN[@]}" container inspect -f '{{.State.ExitCode}}' "$gw")"
-  "${PODMAN[@]}" rm -f "$srv" "$gw" >/dev/null
+  # The image's defaults alone (CMD, ports 50051/9090) in a network namespace of its own, and its
+  # HEALTHCHECK, which probes 127.0.0.1:9090.
+  local def=asl-proof-default-$f ok_hc=0
+  pm rm -f "$def" >/dev/null 2>&1 || true
+  local defargs=()  # the cuda image's CMD asks for a GPU: the same CMD with the CPU here
+  [[ $f == cuda ]] && defargs=(--config /app/config/default.yaml --server.host=0.0.0.0 --model.device=cpu)
+  pm run -d --name "$def" --network none "${LIMITS[@]}" "$img" "${defargs[@]}" >/dev/null
+  for _ in $(seq 60); do
+    if pm healthcheck run "$def" >/dev/null 2>&1; then ok_hc=1; break; fi
+    sleep 1
+  done
+  pm logs "$def" 2>&1 | grep -m1 -E 'serving .* after' | sed 's/^/[image]   default CMD: /' || true
+  pm rm -f "$def" >/dev/null
+  if ((ok_hc)); then log "$f: HEALTHCHECK healthy (image defaults, no args)"; else log "$f: HEALTHCHECK failed"; exit 1; fi
+  pm logs "$srv" 2>&1 | grep -m1 -E 'serving .* after' | sed 's/^/[image]   server log: /' || true
+  pm stop -t 60 "$gw" >/dev/null; pm stop -t 60 "$srv" >/dev/null
+  log "$f: after SIGTERM: server exit $(pm container inspect -f '{{.State.ExitCode}}' "$srv"), gateway exit $(pm container inspect -f '{{.State.ExitCode}}' "$gw")"
+  pm rm -f "$srv" "$gw" >/dev/null
 }
 
 flavours=(); case $WHICH in cpu|cuda) flavours=("$WHICH") ;; all) flavours=(cpu cuda) ;; *) echo "usage: $0 [cpu|cuda|all]" >&2; exit 2 ;; esac

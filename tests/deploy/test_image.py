@@ -164,7 +164,7 @@ def test_dockerfile_rules(dockerfile):
 
 def test_dockerignore_keeps_the_host_build_out():
     patterns = {l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")}
-    for p in [".venv", "build", "models", ".git"]:
+    for p in [".venv", "build*", "models", ".git"]:
         assert p in patterns, f".dockerignore does not exclude {p}"
     for needed in ["scripts", "config", "requirements.txt", "docker"]:
         assert needed not in patterns
