@@ -63,6 +63,7 @@ build() {  # flavour
   # --format docker: an OCI image has no HEALTHCHECK field (podman drops it with a warning).
   "${PODMAN[@]}" build --format docker --network host "${LIMITS[@]}" \
     --build-arg BASE="$BASE_TAG" --build-arg CCACHE_DIR=/ccache-host \
+    --build-arg ASL_GIT_SHA="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)" \
     -v "$CCACHE_HOST:/ccache-host" -v "$CA:/usr/local/share/ca-certificates/host-ca.crt:ro" \
     -f "docker/Dockerfile.$f" -t "localhost/asl-serve:$f" . 2>&1 | tee "$WORK/build-$f.log" | awk '/STEP [0-9]+\/[0-9]+:|^COMMIT/'  \
     || { log "build failed, see $WORK/build-$f.log"; exit 1; }

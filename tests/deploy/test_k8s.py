@@ -138,10 +138,20 @@ def test_grace_exceeds_the_drain(rendered):
     m = re.search(r"kStreamFlushGrace\s*=\s*std::chrono::seconds\((\d+)\)", src)
     if m:
         flush = int(m.group(1))
+    # The gateway drains too (--drain-seconds, once the gateway has it: its default from the source).
+    gateway = container(docs, "gateway")
+    gw_drain = 0
+    gw_src = (ROOT / "server" / "gateway" / "main.cpp").read_text()
+    m = re.search(r"double drain_seconds\s*=\s*([0-9.]+);", gw_src)
+    if m:
+        gw_drain = float(m.group(1))
+    if "--drain-seconds" in gateway["args"]:
+        gw_drain = float(gateway["args"][gateway["args"].index("--drain-seconds") + 1])
     for c in spec["containers"]:
         pre = c["lifecycle"]["preStop"]["exec"]["command"]
         assert pre[0] == "sleep"
-        assert spec["terminationGracePeriodSeconds"] > int(pre[1]) + drain + flush, c["name"]
+        own = drain + flush if c["name"] == "server" else gw_drain
+        assert spec["terminationGracePeriodSeconds"] > int(pre[1]) + own, c["name"]
 
 
 def test_restricted_pod_security(rendered):
