@@ -51,27 +51,25 @@ int64_t ResidentMemoryBytes() {
   return resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
 }
 
-prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
+// One sample of a value read at scrape time: a gauge, or a counter whose total the engine keeps.
+prometheus::MetricFamily Sample(prometheus::MetricType type, const std::string& name, const std::string& help,
+                                double value) {
   prometheus::MetricFamily f;
   f.name = name;
   f.help = help;
-  f.type = prometheus::MetricType::Gauge;
+  f.type = type;
   prometheus::ClientMetric m;
-  m.gauge.value = value;
+  (type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value) = value;
   f.metric.push_back(m);
   return f;
 }
 
-// A counter whose total the engine keeps (read at scrape time).
+prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
+  return Sample(prometheus::MetricType::Gauge, name, help, value);
+}
+
 prometheus::MetricFamily CounterOf(const std::string& name, const std::string& help, double value) {
-  prometheus::MetricFamily f;
-  f.name = name;
-  f.help = help;
-  f.type = prometheus::MetricType::Counter;
-  prometheus::ClientMetric m;
-  m.counter.value = value;
-  f.metric.push_back(m);
-  return f;
+  return Sample(prometheus::MetricType::Counter, name, help, value);
 }
 
 }  // namespace
