@@ -23,6 +23,7 @@ APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libfmt-dev prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libcpp-httplib-dev nlohmann-json3-dev libpcre2-dev libcli11-dev zlib1g-dev
+  patchelf
 )
 
 log() { echo "[setup] $*"; }
