@@ -59,6 +59,18 @@ if [[ $DO_VENV == 1 ]]; then
   else
     log ".venv up to date"
   fi
+  # promtool (Prometheus' linter, for the /metrics tests), taken out of Debian's prometheus package
+  # without installing it: installing would start a Prometheus server as a service.
+  if [[ ! -x .venv/bin/promtool ]]; then
+    log "extracting promtool from Debian's prometheus package into .venv/bin"
+    ptmp=$(mktemp -d)
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+    (cd "$ptmp" && { apt-get download -q prometheus >/dev/null 2>&1 ||
+                      { $SUDO apt-get update -qq && apt-get download -q prometheus >/dev/null 2>&1; }; } &&
+      dpkg-deb -x prometheus_*.deb root)
+    install -m 755 "$ptmp/root/usr/bin/promtool" .venv/bin/promtool
+    rm -rf "$ptmp"
+  fi
 fi
 
 MODEL_DIR=models

@@ -8,9 +8,14 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
-#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
 #include <vector>
 
 namespace asl::server {
@@ -37,85 +42,132 @@ const Histogram::BucketBoundaries kSliceBuckets = {1, 2, 3, 4, 6, 8, 12, 16, 24,
 
 Histogram::BucketBoundaries RatioBuckets() {
   Histogram::BucketBoundaries b;
-  for (int i = 1; i <= 20; ++i) b.push_back(i * 0.05);
+  // i / 20.0, not i * 0.05: the label is the shortest decimal of the bound ("0.95", not
+  // "0.9500000000000001").
+  for (int i = 1; i <= 20; ++i) b.push_back(i / 20.0);
   return b;
 }
 
-int64_t ResidentMemoryBytes() {
-  FILE* f = std::fopen("/proc/self/statm", "r");
-  if (f == nullptr) return 0;
-  long long size = 0, resident = 0;
-  const int n = std::fscanf(f, "%lld %lld", &size, &resident);
-  std::fclose(f);
-  if (n != 2) return 0;
-  return resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+// The standard process metrics (the names every Prometheus client library exports), from /proc.
+struct ProcessStats {
+  double cpu_seconds = 0, start_time_seconds = 0, virtual_bytes = 0, resident_bytes = 0;
+  double open_fds = 0, max_fds = 0;
+};
+
+ProcessStats ReadProcessStats() {
+  ProcessStats p;
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
+  if (std::ifstream stat("/proc/self/stat"); stat) {
+    std::string line;
+    std::getline(stat, line);
+    // Fields after the command name (which may hold spaces) in ")": state is field 3.
+    const size_t close = line.rfind(')');
+    std::istringstream rest(close == std::string::npos ? "" : line.substr(close + 2));
+    std::vector<std::string> f{"", ""};  // field n (man 5 proc) at index n - 1; state is field 3
+    for (std::string v; rest >> v;) f.push_back(v);
+    auto field = [&](size_t n) { return n >= 3 && n <= f.size() ? std::atof(f[n - 1].c_str()) : 0.0; };
+    p.cpu_seconds = (field(14) + field(15)) / ticks;  // utime + stime
+    p.virtual_bytes = field(23);
+    p.resident_bytes = field(24) * page;
+    double boot = 0;
+    if (std::ifstream proc_stat("/proc/stat"); proc_stat) {
+      for (std::string key; proc_stat >> key;) {
+        if (key == "btime") {
+          proc_stat >> boot;
+          break;
+        }
+        proc_stat.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+      }
+    }
+    p.start_time_seconds = boot + field(22) / ticks;
+  }
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec)) {
+    p.open_fds += 1;
+  }
+  if (rlimit r{}; getrlimit(RLIMIT_NOFILE, &r) == 0) p.max_fds = static_cast<double>(r.rlim_cur);
+  return p;
 }
 
 // One sample of a value read at scrape time: a gauge, or a counter whose total the engine keeps.
+// `labels`: the model_name label of engine metrics; none on the standard process metrics.
 prometheus::MetricFamily Sample(prometheus::MetricType type, const std::string& name, const std::string& help,
-                                double value) {
+                                double value, const prometheus::Labels& labels) {
   prometheus::MetricFamily f;
   f.name = name;
   f.help = help;
   f.type = type;
   prometheus::ClientMetric m;
+  for (const auto& [k, v] : labels) m.label.push_back({k, v});
   (type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value) = value;
   f.metric.push_back(m);
   return f;
 }
 
-prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
-  return Sample(prometheus::MetricType::Gauge, name, help, value);
+prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value,
+                               const prometheus::Labels& labels = {}) {
+  return Sample(prometheus::MetricType::Gauge, name, help, value, labels);
 }
 
-prometheus::MetricFamily CounterOf(const std::string& name, const std::string& help, double value) {
-  return Sample(prometheus::MetricType::Counter, name, help, value);
+prometheus::MetricFamily CounterOf(const std::string& name, const std::string& help, double value,
+                                   const prometheus::Labels& labels = {}) {
+  return Sample(prometheus::MetricType::Counter, name, help, value, labels);
 }
 
 }  // namespace
 
+std::string ServedModelName(const std::string& model_path) {
+  std::filesystem::path p(model_path);
+  while (!p.empty() && p.filename().empty()) p = p.parent_path();  // "dir/" -> "dir"
+  if (std::filesystem::is_directory(p)) return p.filename().string();
+  return p.stem().string();
+}
+
 struct ServerMetrics::Families {
-  explicit Families(prometheus::Registry& r)
+  // `c`: the constant labels of every family (model_name).
+  Families(prometheus::Registry& r, const prometheus::Labels& c)
       : ttft(BuildHistogram().Name("asl_time_to_first_token_seconds")
-                 .Help("Time from submission to the first generated token, per request").Register(r)),
+                 .Help("Time from submission to the first generated token, per request").Labels(c).Register(r)),
         tpot(BuildHistogram().Name("asl_time_per_output_token_seconds")
-                 .Help("Time between consecutive generated tokens").Register(r)),
+                 .Help("Time between consecutive generated tokens").Labels(c).Register(r)),
         e2e(BuildHistogram().Name("asl_e2e_request_latency_seconds")
-                .Help("Time from submission to the end of the request").Register(r)),
+                .Help("Time from submission to the end of the request").Labels(c).Register(r)),
         queue(BuildHistogram().Name("asl_request_queue_time_seconds")
-                  .Help("Time from submission to the first scheduling").Register(r)),
+                  .Help("Time from submission to the first scheduling").Labels(c).Register(r)),
         prefill(BuildHistogram().Name("asl_request_prefill_time_seconds")
-                    .Help("Prefill compute time of the request (all passes)").Register(r)),
+                    .Help("Prefill compute time of the request (all passes)").Labels(c).Register(r)),
         selection_layer(BuildHistogram().Name("asl_selection_layer")
-                            .Help("Layer at which the prompt was cut (one bucket per layer), by policy").Register(r)),
+                            .Help("Layer at which the prompt was cut (one bucket per layer), by policy").Labels(c).Register(r)),
         kv_kept_ratio(BuildHistogram().Name("asl_kv_kept_ratio")
                           .Help("KV tokens kept after prefill / KV tokens full attention keeps, per request")
-                          .Register(r)),
+                          .Labels(c).Register(r)),
         selection_outcome(BuildCounter().Name("asl_selection_outcome_total")
                               .Help("Selection outcomes of policies that select (selected, forced, none)")
-                              .Register(r)),
+                              .Labels(c).Register(r)),
         pruned_prompt_tokens(BuildCounter().Name("asl_pruned_prompt_tokens_total")
-                                 .Help("Prompt tokens dropped at the selection layer").Register(r)),
+                                 .Help("Prompt tokens dropped at the selection layer").Labels(c).Register(r)),
         requests(BuildCounter().Name("asl_requests_total")
                      .Help("Requests by final status (finish reason, or the gRPC code of a rejection) and policy")
-                     .Register(r)),
+                     .Labels(c).Register(r)),
         prompt_tokens(BuildCounter().Name("asl_prompt_tokens_total")
-                          .Help("Prompt tokens of finished requests").Register(r).Add({})),
+                          .Help("Prompt tokens of finished requests").Labels(c).Register(r).Add({})),
         generation_tokens(BuildCounter().Name("asl_generation_tokens_total")
-                              .Help("Tokens generated by finished requests").Register(r).Add({})),
+                              .Help("Tokens generated by finished requests").Labels(c).Register(r).Add({})),
         preemptions(BuildCounter().Name("asl_preemptions_total")
-                        .Help("Sequences preempted (KV dropped, recomputed later)").Register(r).Add({})),
+                        .Help("Sequences preempted (KV dropped, recomputed later)").Labels(c).Register(r).Add({})),
         prefill_slices(BuildHistogram().Name("asl_request_prefill_slices")
-                           .Help("Engine steps a request's prefill took (slices of whole layers)").Register(r)),
+                           .Help("Engine steps a request's prefill took (slices of whole layers)").Labels(c).Register(r)),
         step_seconds(BuildHistogram().Name("asl_step_seconds")
                          .Help("Wall time of each engine step's stage: decode (one token for every running "
                                "sequence) and prefill (the slice of the prefill in flight)")
-                         .Register(r)),
+                         .Labels(c).Register(r)),
         step_decode(step_seconds.Add({{"stage", "decode"}}, kTpotBuckets)),
         step_prefill(step_seconds.Add({{"stage", "prefill"}}, kTpotBuckets)),
         prefill_token_layers(BuildCounter().Name("asl_prefill_token_layers_total")
                                  .Help("Rows computed by prefill layers (one token through one layer)")
-                                 .Register(r).Add({})) {
+                                 .Labels(c).Register(r).Add({})) {
     // Every series a dashboard expects exists from the start, at zero.
     for (const PolicyInfo& info : kPolicies) {
       const std::string p = info.name;
@@ -164,6 +216,8 @@ struct ServerMetrics::Families {
 // The gauges, computed at scrape time.
 class ServerMetrics::GaugeCollector final : public prometheus::Collectable {
  public:
+  explicit GaugeCollector(prometheus::Labels labels) : labels_(std::move(labels)) {}
+
   void Set(std::function<EngineStats()> stats) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_ = std::move(stats);
@@ -176,39 +230,49 @@ class ServerMetrics::GaugeCollector final : public prometheus::Collectable {
       if (stats_) s = stats_();
     }
     const double usage = s.kv_blocks_total > 0 ? static_cast<double>(s.kv_blocks_used) / s.kv_blocks_total : 0.0;
+    const prometheus::Labels& m = labels_;
+    const ProcessStats p = ReadProcessStats();
     return {
-        Gauge("asl_kv_blocks_total", "KV blocks in the pool", static_cast<double>(s.kv_blocks_total)),
-        Gauge("asl_kv_blocks_used", "KV blocks held by sequences", static_cast<double>(s.kv_blocks_used)),
-        Gauge("asl_kv_cache_usage_ratio", "KV blocks used / total", usage),
-        Gauge("asl_kv_cache_bytes_used", "Bytes of the KV blocks in use", static_cast<double>(s.kv_bytes_used)),
-        Gauge("asl_process_resident_memory_bytes", "Resident memory of the server process (/proc/self/statm)",
-              static_cast<double>(ResidentMemoryBytes())),
+        Gauge("asl_kv_blocks_capacity", "KV blocks in the pool", static_cast<double>(s.kv_blocks_total), m),
+        Gauge("asl_kv_blocks_used", "KV blocks held by sequences", static_cast<double>(s.kv_blocks_used), m),
+        Gauge("asl_kv_cache_usage_ratio", "KV blocks used / capacity", usage, m),
+        Gauge("asl_kv_cache_bytes_used", "Bytes of the KV blocks in use", static_cast<double>(s.kv_bytes_used), m),
         Gauge("asl_device_memory_allocated_bytes", "Device memory allocated by the engine (CUDA; 0 on CPU)",
-              static_cast<double>(s.device_memory_allocated)),
-        Gauge("asl_requests_running", "Sequences running (prefilling or decoding)", static_cast<double>(s.num_running)),
+              static_cast<double>(s.device_memory_allocated), m),
+        Gauge("asl_requests_running", "Sequences running (prefilling or decoding)", static_cast<double>(s.num_running),
+              m),
         Gauge("asl_requests_prefilling", "Running sequences whose prefill is in flight",
-              static_cast<double>(s.num_prefilling)),
-        Gauge("asl_requests_waiting", "Requests waiting for admission", static_cast<double>(s.num_waiting)),
+              static_cast<double>(s.num_prefilling), m),
+        Gauge("asl_requests_waiting", "Requests waiting for admission", static_cast<double>(s.num_waiting), m),
         Gauge("asl_kv_blocks_cached", "KV blocks holding prefix-cache K/V (in use or evictable)",
-              static_cast<double>(s.kv_blocks_cached)),
+              static_cast<double>(s.kv_blocks_cached), m),
         CounterOf("asl_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache at admission",
-                  static_cast<double>(s.prefix_cache_query_tokens)),
+                  static_cast<double>(s.prefix_cache_query_tokens), m),
         CounterOf("asl_prefix_cache_hits_total", "Prompt tokens found in the prefix cache (not prefilled)",
-                  static_cast<double>(s.prefix_cache_hit_tokens)),
+                  static_cast<double>(s.prefix_cache_hit_tokens), m),
         CounterOf("asl_prefix_cache_evictions_total", "Cached KV blocks evicted to make room",
-                  static_cast<double>(s.prefix_cache_evictions)),
+                  static_cast<double>(s.prefix_cache_evictions), m),
+        // The standard process metrics (no model label: they describe the process).
+        CounterOf("process_cpu_seconds_total", "Total user and system CPU time spent in seconds", p.cpu_seconds),
+        Gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds",
+              p.start_time_seconds),
+        Gauge("process_virtual_memory_bytes", "Virtual memory size in bytes", p.virtual_bytes),
+        Gauge("process_resident_memory_bytes", "Resident memory size in bytes", p.resident_bytes),
+        Gauge("process_open_fds", "Number of open file descriptors", p.open_fds),
+        Gauge("process_max_fds", "Maximum number of open file descriptors", p.max_fds),
     };
   }
 
  private:
+  const prometheus::Labels labels_;
   mutable std::mutex mu_;
   std::function<EngineStats()> stats_;
 };
 
-ServerMetrics::ServerMetrics()
+ServerMetrics::ServerMetrics(const std::string& model_name)
     : registry_(std::make_shared<prometheus::Registry>()),
-      f_(std::make_unique<Families>(*registry_)),
-      gauges_(std::make_shared<GaugeCollector>()) {}
+      f_(std::make_unique<Families>(*registry_, prometheus::Labels{{"model_name", model_name}})),
+      gauges_(std::make_shared<GaugeCollector>(prometheus::Labels{{"model_name", model_name}})) {}
 
 ServerMetrics::~ServerMetrics() { StopHttp(); }
 

@@ -32,7 +32,7 @@ std::string ResolveModelPath(const std::string& path) {
 }
 
 AslServer::AslServer(config::ServerConfig config)
-    : config_(std::move(config)), metrics_(std::make_shared<ServerMetrics>()) {
+    : config_(std::move(config)), metrics_(std::make_shared<ServerMetrics>(ServedModelName(config_.engine.model_path))) {
   service_ = std::make_unique<GenerationService>(config_.max_prompt_tokens, metrics_);
 }
 

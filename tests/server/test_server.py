@@ -3,7 +3,11 @@
 Run: ctest -L integration (from the build dir), or
      ASL_BIN_DIR=build-server/bin .venv/bin/python -m pytest -q tests/server/test_server.py
 """
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -467,23 +471,102 @@ def test_queue_full_is_resource_exhausted(fresh_server_dir):
 ALL_METRICS = [
     "asl_time_to_first_token_seconds", "asl_time_per_output_token_seconds", "asl_e2e_request_latency_seconds",
     "asl_request_queue_time_seconds", "asl_request_prefill_time_seconds", "asl_selection_layer",
-    "asl_selection_outcome", "asl_kv_kept_ratio", "asl_pruned_prompt_tokens", "asl_kv_blocks_total",
+    "asl_selection_outcome", "asl_kv_kept_ratio", "asl_pruned_prompt_tokens", "asl_kv_blocks_capacity",
     "asl_kv_blocks_used", "asl_kv_cache_usage_ratio", "asl_kv_cache_bytes_used",
-    "asl_process_resident_memory_bytes", "asl_device_memory_allocated_bytes", "asl_requests_running",
+    "asl_device_memory_allocated_bytes", "asl_requests_running",
     "asl_requests_waiting", "asl_requests", "asl_prompt_tokens", "asl_generation_tokens", "asl_preemptions",
     "asl_request_prefill_slices", "asl_step_seconds", "asl_prefill_token_layers", "asl_requests_prefilling",
     "asl_kv_blocks_cached", "asl_prefix_cache_queries", "asl_prefix_cache_hits", "asl_prefix_cache_evictions",
 ]
+PROCESS_METRICS = ["process_cpu_seconds", "process_start_time_seconds", "process_virtual_memory_bytes",
+                   "process_resident_memory_bytes", "process_open_fds", "process_max_fds"]
+MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1"  # the default model's file stem (ServedModelName)
 VLLM_TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                      20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
+
+
+def test_metrics_labels_and_process_metrics(server):
+    """Every engine metric carries model_name (vLLM's convention), bucket bounds are written as their
+    shortest decimal, and the standard process metrics describe this process."""
+    generate(server.stub, prompt="Label check", sampling=greedy(2, ignore_eos=True))
+    m = metrics(server)
+    for family, samples in m.items():
+        if not family.startswith("asl_"):
+            continue
+        assert samples, family
+        for n, labels, _ in samples:
+            assert labels.get("model_name") == MODEL_NAME, f"{n} {labels}"
+            if "le" in labels and labels["le"] != "+Inf":
+                assert labels["le"] == repr(float(labels["le"])).removesuffix(".0") or \
+                    labels["le"] == repr(float(labels["le"])), f"{n}: inexact bucket label le={labels['le']}"
+    ratio_les = {l["le"] for n, l, _ in m["asl_kv_kept_ratio"] if n.endswith("_bucket")}
+    assert {"0.05", "0.15", "0.95", "1", "+Inf"} <= ratio_les, sorted(ratio_les)
+    for name in PROCESS_METRICS:
+        assert name in m, f"/metrics lacks {name}"
+        assert all("model_name" not in l for _, l, _ in m[name])
+    assert sample(m, "process_resident_memory_bytes", "process_resident_memory_bytes") > 10 << 20
+    assert sample(m, "process_virtual_memory_bytes", "process_virtual_memory_bytes") >= \
+        sample(m, "process_resident_memory_bytes", "process_resident_memory_bytes")
+    start = sample(m, "process_start_time_seconds", "process_start_time_seconds")
+    assert time.time() - 3600 < start <= time.time()
+    assert sample(m, "process_cpu_seconds", "process_cpu_seconds_total") > 0
+    assert 3 <= sample(m, "process_open_fds", "process_open_fds") <= sample(m, "process_max_fds", "process_max_fds")
+
+
+def test_metrics_pass_promtool(server):
+    """`promtool check metrics` (Prometheus' own linter, installed by scripts/setup.sh) on a live
+    scrape after requests of every kind of series."""
+    generate(server.stub, prompt="Lint check", sampling=greedy(3, ignore_eos=True))
+    promtool = os.path.join(os.path.dirname(sys.executable), "promtool")
+    assert os.access(promtool, os.X_OK), f"{promtool} missing: run scripts/setup.sh"
+    r = subprocess.run([promtool, "check", "metrics"], input=server.metrics_text(), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+
+
+def _raw_get(sock, path="/metrics"):
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_metrics_idle_connections_and_concurrent_scrapes(server):
+    """Connections that send nothing do not hold back a scrape: with three idle connections open,
+    scrapes are answered while those connections are still open (the single-threaded endpoint served
+    them only after dropping each idle one), and concurrent scrapes all succeed."""
+    idle = [socket.create_connection(("127.0.0.1", server.metrics_port), timeout=30) for _ in range(3)]
+    try:
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(server.metrics_text())) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(results) == 4 and all("asl_requests_running" in r for r in results)
+        # The idle connections were not dropped to serve those scrapes: they still answer.
+        for sock in idle:
+            reply = _raw_get(sock)
+            assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+            assert b"asl_requests_running" in reply
+    finally:
+        for sock in idle:
+            sock.close()
+    post = socket.create_connection(("127.0.0.1", server.metrics_port), timeout=30)
+    post.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    reply = b""
+    while chunk := post.recv(65536):
+        reply += chunk
+    post.close()
+    assert reply.startswith(b"HTTP/1.1 405") and b"Allow: GET, HEAD" in reply, reply[:300]
 
 
 def test_metrics_parse_and_move(server):
     before = metrics(server)
     for name in ALL_METRICS:
         assert name in before, f"/metrics lacks {name}"
-    assert sample(before, "asl_kv_blocks_total", "asl_kv_blocks_total") > 0
-    assert sample(before, "asl_process_resident_memory_bytes", "asl_process_resident_memory_bytes") > 0
+    assert sample(before, "asl_kv_blocks_capacity", "asl_kv_blocks_capacity") > 0
     les = sorted({float(l["le"]) for n, l, _ in before["asl_time_to_first_token_seconds"]
                   if n.endswith("_bucket") and l["le"] != "+Inf"})
     assert les == VLLM_TTFT_BUCKETS
