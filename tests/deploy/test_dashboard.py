@@ -98,11 +98,13 @@ def test_every_expression_parses_and_covers_the_brief():
         except ValueError as e:
             pytest.fail(f"{where}: PromQL does not parse: {e}\n{expr}")
         used |= m
-    # What the dashboard must show (issue 16 item 4).
+    # What the dashboard must show (issue 16 item 4, and the prefix cache of issue 15).
     for metric in ["asl_time_to_first_token_seconds_bucket", "asl_time_per_output_token_seconds_bucket",
                    "asl_e2e_request_latency_seconds_bucket", "asl_generation_tokens_total", "asl_requests_total",
                    "asl_requests_waiting", "asl_kv_cache_usage_ratio", "asl_selection_layer_bucket",
-                   "asl_kv_kept_ratio_bucket", "asl_pruned_prompt_tokens_total", "asl_preemptions_total"]:
+                   "asl_kv_kept_ratio_bucket", "asl_pruned_prompt_tokens_total", "asl_preemptions_total",
+                   "asl_prefix_cache_hits_total", "asl_prefix_cache_queries_total", "asl_kv_blocks_cached",
+                   "asl_prefix_cache_evictions_total"]:
         assert metric in used, f"the dashboard does not show {metric}"
     heatmaps = [p for p in dash["panels"] if p["type"] == "heatmap"]
     assert any("asl_selection_layer_bucket" in t["expr"] and t.get("format") == "heatmap"
