@@ -79,6 +79,25 @@ def llama_bench(exe, model, n, max_tokens, reps, threads):
     return one(["-p", str(n), "-n", "0"]), one(["-p", "0", "-n", str(max_tokens), "-d", str(n)])
 
 
+def cell(n, policy, dtype, res, max_tokens, base):
+    """One table row from a cell's repetitions; `base` maps (policy, dtype) -> row (full rows)."""
+    prefill = [r["pruning"]["prefill_seconds"] for r in res]
+    ttft = [r["timings"]["ttft_seconds"] for r in res]
+    tpot = [r["timings"]["mean_tpot_seconds"] for r in res]
+    rep = res[0]["pruning"]
+    row = dict(n=n, policy=policy, dtype=dtype or "default", prefill=prefill, ttft=ttft, tpot=tpot,
+               max_tokens=max_tokens, kv=rep["kv_tokens_kept"], kv_full=rep["kv_tokens_full"],
+               kv_bytes=rep["kv_bytes"], layer=rep["selection_layer"], outcome=rep["outcome"])
+    if policy == "full":
+        base[("full", dtype)] = row
+    b = base.get(("full", dtype))
+    row["ttft_ratio"] = statistics.median(ttft) / statistics.median(b["ttft"]) if b else float("nan")
+    row["tpot_ratio"] = statistics.median(tpot) / statistics.median(b["tpot"]) if b else float("nan")
+    print(f"n={n} {policy} {row['dtype']}: prefill {statistics.median(prefill):.3f}s, "
+          f"tpot {statistics.median(tpot)*1000:.1f}ms, kv {row['kv']}/{row['kv_full']}", file=sys.stderr)
+    return row
+
+
 def fmt(values, scale=1.0, digits=3):
     v = [x * scale for x in values]
     return f"{statistics.median(v):.{digits}f} ({min(v):.{digits}f}-{max(v):.{digits}f})"
@@ -99,6 +118,9 @@ def main():
     ap.add_argument("--llama-bench", default="", help="path to llama.cpp's llama-bench; empty: skip llama.cpp")
     ap.add_argument("--llama-models", nargs="*", default=[],
                     help="LABEL=PATH GGUF files for llama-bench (default: the --model file, labelled by its name)")
+    ap.add_argument("--dtypes", nargs="+", default=[],
+                    help="compute dtypes to compare (asl-cli --dtype), alternated within each repetition; "
+                         "empty: asl-cli's default")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.md"))
     a = ap.parse_args()
@@ -110,24 +132,19 @@ def main():
         if n + max_tokens > a.context:
             n = a.context - max_tokens
         ids = prompt_ids(a.cli, a.model, n, a.essays)
-        base = None
+        dtypes = a.dtypes or [None]
+        base = {}
         for policy in a.policies:
-            res = [run(a.cli, a.model, ids, policy, a.budget, max_tokens, a.threads, a.extra) for _ in range(a.reps)]
-            prefill = [r["pruning"]["prefill_seconds"] for r in res]
-            ttft = [r["timings"]["ttft_seconds"] for r in res]
-            tpot = [r["timings"]["mean_tpot_seconds"] for r in res]
-            rep = res[0]["pruning"]
-            row = dict(n=n, policy=policy, prefill=prefill, ttft=ttft, tpot=tpot, max_tokens=max_tokens,
-                       kv=rep["kv_tokens_kept"], kv_full=rep["kv_tokens_full"], kv_bytes=rep["kv_bytes"],
-                       layer=rep["selection_layer"], outcome=rep["outcome"])
-            if policy == "full":
-                base = row
-            row["ttft_ratio"] = statistics.median(ttft) / statistics.median(base["ttft"]) if base else None
-            row["tpot_ratio"] = statistics.median(tpot) / statistics.median(base["tpot"]) if base else None
-            rows.append(row)
-            print(f"n={n} {policy}: prefill {statistics.median(prefill):.3f}s, "
-                  f"tpot {statistics.median(tpot)*1000:.1f}ms, kv {row['kv']}/{row['kv_full']}", file=sys.stderr)
+            # A/B alternated: rep 1 of every dtype, then rep 2, ..., so load drifts hit all alike.
+            by_dtype = {d: [] for d in dtypes}
+            for _ in range(a.reps):
+                for d in dtypes:
+                    extra = a.extra + (["--dtype", d] if d else [])
+                    by_dtype[d].append(run(a.cli, a.model, ids, policy, a.budget, max_tokens, a.threads, extra))
+            for d in dtypes:
+                rows.append(cell(n, policy, d, by_dtype[d], max_tokens, base))
         if a.llama_bench:
+            base = base.get(("full", dtypes[0]))
             models = a.llama_models or [f"{pathlib.Path(a.model).name}={a.model}"]
             for spec in models:
                 label, path = spec.split("=", 1)
@@ -140,18 +157,19 @@ def main():
     lines = [
         "# Latency vs context (CPU, default model)", "",
         f"- date: {datetime.date.today()}", f"- commit: {commit()}", f"- machine: {machine()}",
-        f"- model: {pathlib.Path(a.model).name}, prefill on float32 weights (dequantised Q4_1), decode projections on the Q4_1 blocks",
+        f"- model: {pathlib.Path(a.model).name}; prefill GEMMs on the dequantised weights in the compute dtype "
+        "(float32, or bfloat16-rounded), decode projections on the Q4_1 blocks in float32 for every dtype",
         f"- budget: kv_budget = select_k = {a.budget} for pruning policies; full keeps everything",
         f"- {a.reps} repetitions per cell: median (min-max)", f"- command: `{cmd}`", "",
-        "| prompt | policy | prefill s | prefill tok/s | TTFT s | TPOT ms | decode tok/s | TTFT / full | TPOT / full | KV tokens kept (sum over layers) | KV MiB | selection |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prompt | policy | dtype | prefill s | prefill tok/s | TTFT s | TPOT ms | decode tok/s | TTFT / full | TPOT / full | KV tokens kept (sum over layers) | KV MiB | selection |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tps = [r["n"] / p for p in r["prefill"]]
         dec = [1.0 / t for t in r["tpot"] if t > 0]
         sel = r["outcome"] if r["layer"] < 0 else f'{r["outcome"]} @ {r["layer"]}'
         lines.append(
-            f'| {r["n"]} | {r["policy"]} | {fmt(r["prefill"])} | {statistics.median(tps):.0f} | {fmt(r["ttft"])} | '
+            f'| {r["n"]} | {r["policy"]} | {r["dtype"]} | {fmt(r["prefill"])} | {statistics.median(tps):.0f} | {fmt(r["ttft"])} | '
             f'{fmt(r["tpot"], 1000, 1)} | {statistics.median(dec):.1f} | {r["ttft_ratio"]:.2f} | {r["tpot_ratio"]:.2f} | '
             f'{r["kv"]} / {r["kv_full"]} | {r["kv_bytes"] / 1048576:.1f} | {sel} |')
     if llama_rows:

@@ -187,8 +187,9 @@ std::vector<Option> BuildOptions() {
                              }
                              return "must be cpu, cuda or cuda:N, got '" + v + "'";
                            }));
-  o.push_back(StringOption("model.dtype", "float32|bfloat16", "compute dtype",
-                           [](auto* c) { return &c->engine.dtype; }, OneOf({"float32", "bfloat16"})));
+  o.push_back(StringOption("model.dtype", "auto|float32|bfloat16",
+                           "compute dtype; auto = bfloat16 on CPUs with native bf16 dot products, else float32",
+                           [](auto* c) { return &c->engine.dtype; }, OneOf({"auto", "float32", "bfloat16"})));
   o.push_back(IntOption("model.threads",
                         "intra-op CPU threads; 0 = the CPUs this process may use (affinity mask, capped by the "
                         "cgroup CPU quota rounded up), not the host's cores",

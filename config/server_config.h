@@ -19,7 +19,12 @@ namespace asl::config {
 inline constexpr const char* kDefaultModelPath = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 struct ServerConfig {
-  ServerConfig() { engine.model_path = kDefaultModelPath; }
+  // The server's defaults that differ from the engine library's: the default model, and
+  // model.dtype auto (the engine library defaults to float32, the parity reference).
+  ServerConfig() {
+    engine.model_path = kDefaultModelPath;
+    engine.dtype = "auto";
+  }
 
   // model.*, kv_cache.*, scheduler.* and pruning.* keys.
   EngineConfig engine;

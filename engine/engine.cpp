@@ -167,10 +167,7 @@ Status EngineImpl::Init() {
     return InvalidArgument("device: unknown device '" + config_.device + "' (use cpu or cuda[:N])");
   }
   if (device.is_cuda() && !at::hasCUDA()) return InvalidArgument("device: cuda requested but no CUDA device is available");
-  at::ScalarType dtype;
-  if (config_.dtype == "float32") dtype = at::kFloat;
-  else if (config_.dtype == "bfloat16") dtype = at::kBFloat16;
-  else return InvalidArgument("dtype: must be float32 or bfloat16, got '" + config_.dtype + "'");
+  ASL_ASSIGN_OR_RETURN(const at::ScalarType dtype, model::ResolveDtype(config_.dtype, device));
   std::string kv_dtype_name = config_.kv_dtype;
   if (kv_dtype_name == "auto") kv_dtype_name = dtype == at::kBFloat16 ? "bfloat16" : "float16";
   at::ScalarType kv_dtype;
@@ -239,7 +236,7 @@ Status EngineImpl::Init() {
   info_.arch = model::ArchName(mc.arch);
   info_.path = config_.model_path;
   info_.device = device.str();
-  info_.dtype = config_.dtype;
+  info_.dtype = dtype == at::kBFloat16 ? "bfloat16" : "float32";  // "auto" resolved
   info_.num_layers = mc.num_layers;
   info_.num_heads = mc.num_heads;
   info_.num_kv_heads = mc.num_kv_heads;

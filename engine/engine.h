@@ -17,7 +17,10 @@ namespace tok { class Tokenizer; }
 struct EngineConfig {
   std::string model_path;          // a .gguf file or a Hugging Face safetensors directory
   std::string device = "cpu";      // "cpu" or "cuda" / "cuda:N"
-  std::string dtype = "float32";   // "float32" or "bfloat16"
+  // "auto", "float32" or "bfloat16" (model::ResolveDtype: auto = bfloat16 on CPUs with native bf16
+  // dot products). The library default stays float32 so that tests are exact against float32
+  // references; asl-server (config/default.yaml) and asl-cli default to auto.
+  std::string dtype = "float32";
   // KV pool storage: "float32", "bfloat16", "float16", or "auto" = the compute dtype when it is
   // bfloat16, else float16 (half the bytes of float32 per token; llama.cpp's default KV type).
   std::string kv_dtype = "auto";

@@ -25,7 +25,11 @@ namespace asl::cli {
 void CommonOptions::Register(CLI::App* app) {
   app->add_option("--model", model_path, "GGUF file or Hugging Face safetensors directory")->capture_default_str();
   app->add_option("--device", device, "cpu or cuda[:N]")->capture_default_str();
-  app->add_option("--dtype", dtype, "float32 or bfloat16")->capture_default_str();
+  app->add_option("--dtype", dtype,
+                  "auto, float32 or bfloat16 (auto = bfloat16 on CPUs with native bf16; asl-cli defaults to "
+                  "float32, the parity reference; asl-server to auto)")
+      ->check(CLI::IsMember({"auto", "float32", "bfloat16"}))
+      ->capture_default_str();
   app->add_option("--kv-dtype", kv_dtype, "KV pool storage: auto, float16, bfloat16 or float32")
       ->capture_default_str();
   app->add_option("--threads", threads, "intra-op threads (0 = the usable CPUs: affinity capped by the cgroup CPU quota)")->capture_default_str();
@@ -191,7 +195,9 @@ int RunLogits(CommonOptions& o, const PromptOptions& p, bool json_out) {
     return 1;
   };
   at::Device device(o.device);
-  const at::ScalarType dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  auto dtype_or = model::ResolveDtype(o.dtype, device);
+  if (!dtype_or.ok()) return fail(dtype_or.status());
+  const at::ScalarType dtype = *dtype_or;
   at::set_num_threads(o.threads > 0 ? o.threads : ReadCpuBudget().num_cpus);  // as the engine does
   auto loaded = model::LoadModel(o.model_path, device, dtype);
   if (!loaded.ok()) return fail(loaded.status());

@@ -38,6 +38,15 @@ CpuIsa DetectedCpuIsa() {
   return detected;
 }
 
+bool CpuHasNativeBf16() {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+  return false;
+#endif
+}
+
 CpuIsa ActiveCpuIsa() {
   return static_cast<CpuIsa>(std::min(static_cast<int>(DetectedCpuIsa()), Cap().load(std::memory_order_relaxed)));
 }

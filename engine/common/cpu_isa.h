@@ -23,6 +23,10 @@ CpuIsa ActiveCpuIsa();
 // Sets the cap; returns the active level it gives.
 CpuIsa SetCpuIsaCap(CpuIsa cap);
 const char* CpuIsaName(CpuIsa isa);
+// Whether the CPU has native bfloat16 dot products (AVX512_BF16 or AMX-BF16), which oneDNN's bf16
+// GEMMs use: there a bfloat16 prefill is 1.7-3x faster than float32 (model.dtype: auto). Not
+// affected by the ISA cap, which governs our own kernels only.
+bool CpuHasNativeBf16();
 // "baseline", "avx2" or "avx512"; false for anything else.
 bool ParseCpuIsa(const std::string& name, CpuIsa* out);
 

@@ -27,7 +27,8 @@ enum class Rows {
 };
 
 // x [M, K], w [N, K] (nn.Linear layout), b [N] or undefined -> [M, N] in x's dtype. `packed`, when
-// defined, is w's GGUF blocks: per-sequence rows of a CPU float32 run are then computed from those.
+// defined, is w's GGUF blocks: per-sequence rows of a CPU run (float32, or bfloat16 widened to float32
+// for the kernel) are then computed from those.
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const PackedWeight& packed,
                   Rows rows);
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "engine/common/cpu_isa.h"
 #include "engine/model/linear.h"
 #include "engine/model/safetensors.h"
 
@@ -223,10 +224,11 @@ class WeightLoader {
   }
 
   // The packed copy of a linear weight already loaded by Get (same name, same row fix), where the
-  // run is CPU float32 and the file stores it in a packable block type; undefined otherwise.
+  // run is on the CPU (any dtype: bfloat16 runs decode from the blocks too, linear.h) and the file
+  // stores it in a packable block type; undefined otherwise.
   PackedWeight GetPacked(const std::string& name,
                          const std::function<at::Tensor(const at::Tensor&)>& fix = nullptr) const {
-    if (!src_.packed || !device_.is_cpu() || dtype_ != at::kFloat) return {};
+    if (!src_.packed || !device_.is_cpu()) return {};
     PackedWeight p = src_.packed(name);
     if (!p.defined()) return {};
     if (fix) p.bytes = fix(p.bytes);  // a permutation of whole rows
@@ -526,6 +528,13 @@ StatusOr<tok::TokenizerSpec> TokenizerSpecFromGguf(const GgufFile& g) {
   }
   ASL_RETURN_IF_ERROR(meta.String("tokenizer.chat_template", &spec.chat_template, false));
   return spec;
+}
+
+StatusOr<at::ScalarType> ResolveDtype(const std::string& name, const at::Device& device) {
+  if (name == "float32") return at::kFloat;
+  if (name == "bfloat16") return at::kBFloat16;
+  if (name == "auto") return device.is_cpu() && CpuHasNativeBf16() ? at::kBFloat16 : at::kFloat;
+  return InvalidArgument("dtype: must be auto, float32 or bfloat16, got '" + name + "'");
 }
 
 StatusOr<LoadedModel> LoadModel(const std::string& path, const at::Device& device, at::ScalarType dtype) {

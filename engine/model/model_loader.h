@@ -32,6 +32,11 @@ namespace asl::model {
 // kDataLoss when tokens are missing or ids are out of range.
 [[nodiscard]] StatusOr<tok::TokenizerSpec> TokenizerSpecFromGguf(const GgufFile& gguf);
 
+// The compute dtype a `model.dtype` name gives on `device`: "float32", "bfloat16", or "auto" =
+// bfloat16 on a CPU with native bf16 dot products (CpuHasNativeBf16), float32 elsewhere (other CPUs,
+// and CUDA, where bfloat16 is not yet verified here). InvalidArgument naming the value otherwise.
+[[nodiscard]] StatusOr<at::ScalarType> ResolveDtype(const std::string& name, const at::Device& device);
+
 struct LoadedModel {
   ModelConfig config;
   ModelWeights weights;

@@ -13,9 +13,10 @@
 namespace asl::model {
 
 // A linear weight as its GGUF file stores it (Q8_0, Q4_0 or Q4_1 blocks), rows in the float
-// tensor's order, kept beside the float tensor on CPU float32 runs: decode steps read these
-// (4-6x fewer bytes than float32) and decode them exactly to the float tensor's values on the fly
-// (linear.h). Undefined when the source is not block-quantized or the run is on GPU / bfloat16.
+// tensor's order, kept beside the float tensor on CPU runs: decode steps read these (4-6x fewer
+// bytes than float32) and decode them exactly to the float32 tensor's values on the fly (linear.h);
+// a bfloat16 run's prefill GEMMs read the rounded bfloat16 tensor, its decode these exact blocks.
+// Undefined when the source is not block-quantized or the run is on GPU.
 struct PackedWeight {
   uint32_t type = 0;   // GgmlType (quant.h)
   int64_t cols = 0;    // elements per row (the linear's in-features)

@@ -145,6 +145,15 @@ TEST(StreamingLinear, LinearDispatchesByKindOfRows) {
     EXPECT_TRUE(at::equal(Linear(x, wp, b, p, Rows::kPerSequence), StreamingLinear(x, wp, b))) << M;
     EXPECT_TRUE(at::equal(Linear(x, wp, b, p, Rows::kTokens), at::linear(x, wp, b))) << M;
   }
+  // A bfloat16 run's per-sequence rows: widened to float32, computed from the blocks, narrowed back.
+  for (int64_t M : {1, 3}) {
+    const at::Tensor x = at::randn({M, 64}).to(at::kBFloat16);
+    const at::Tensor got = Linear(x, wp.to(at::kBFloat16), b.to(at::kBFloat16), p, Rows::kPerSequence);
+    EXPECT_EQ(got.scalar_type(), at::kBFloat16);
+    EXPECT_TRUE(at::equal(got, StreamingLinear(x.to(at::kFloat), wp, b.to(at::kBFloat16).to(at::kFloat))
+                                   .to(at::kBFloat16)))
+        << M;
+  }
   // A double-precision run keeps at::linear even for per-sequence rows over packed weights.
   const at::Tensor xd64 = at::randn({2, 64}, at::kDouble), wd64 = wp.to(at::kDouble);
   EXPECT_TRUE(at::equal(Linear(xd64, wd64, {}, p, Rows::kPerSequence), at::linear(xd64, wd64)));

@@ -305,9 +305,14 @@ TEST(Load, PackedCopiesOfBlockQuantizedGgufWeights) {
   EXPECT_FALSE(qwen->weights.packed_lm_head.defined());
   ExpectPackedDecodesTo(qwen->weights.layers[1].packed_wq, qwen->weights.layers[1].wq, "qwen2 blk.1.attn_q (Q8_0)");
 
+  // A bfloat16 run keeps the blocks too (its decode reads them, linear.h): the same bytes as the
+  // float32 run's, which decode to the exact float32 weights, not to the rounded bfloat16 tensor.
   auto bf16 = LoadModel(dir + "/llama.gguf", at::kCPU, at::kBFloat16);
   ASSERT_TRUE(bf16.ok());
-  EXPECT_FALSE(bf16->weights.layers[1].packed_wq.defined());
+  ASSERT_TRUE(bf16->weights.layers[1].packed_down.defined());
+  EXPECT_TRUE(at::equal(bf16->weights.layers[1].packed_down.bytes, L[1].packed_down.bytes));
+  EXPECT_EQ(bf16->weights.layers[1].w_down.scalar_type(), at::kBFloat16);
+  EXPECT_FALSE(bf16->weights.layers[1].packed_wk.defined());  // BF16 in the file: nothing to pack
   auto hf = LoadModel(dir + "/llama_hf", at::kCPU, at::kFloat);
   ASSERT_TRUE(hf.ok());
   EXPECT_FALSE(hf->weights.layers[1].packed_wq.defined());

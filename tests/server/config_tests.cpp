@@ -36,7 +36,7 @@ TEST(ServerConfig, BuiltInDefaults) {
   EXPECT_FALSE(r->help);
   EXPECT_EQ(c.engine.model_path, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
   EXPECT_EQ(c.engine.device, "cpu");
-  EXPECT_EQ(c.engine.dtype, "float32");
+  EXPECT_EQ(c.engine.dtype, "auto");
   EXPECT_EQ(c.engine.num_threads, 0);
   EXPECT_EQ(c.host, "0.0.0.0");
   EXPECT_EQ(c.grpc_port, 50051);
