@@ -37,6 +37,14 @@ at::Tensor RopeInverseFrequencies(const ModelConfig& c) {
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
   inv_freq_ = RopeInverseFrequencies(config_).to(weights_.tok_embeddings.device());
+  bool all_packed = weights_.packed_lm_head.defined();
+  for (const LayerWeights& l : weights_.layers) {
+    for (const PackedWeight* p : {&l.packed_wq, &l.packed_wk, &l.packed_wv, &l.packed_wo, &l.packed_gate, &l.packed_up,
+                                  &l.packed_down}) {
+      all_packed = all_packed && p->defined();
+    }
+  }
+  decode_dtype_ = all_packed && device().is_cpu() ? at::kFloat : dtype();
 }
 
 at::Device LlamaModel::device() const { return weights_.tok_embeddings.device(); }

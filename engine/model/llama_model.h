@@ -34,6 +34,10 @@ class LlamaModel {
   const ModelWeights& weights() const { return weights_; }
   at::Device device() const;
   at::ScalarType dtype() const;
+  // The dtype of a decode step's hidden rows: float32 on a CPU run whose every projection streams
+  // from GGUF blocks (linear.h; those compute in float32 whatever the run dtype, so a bfloat16 run's
+  // decode stays in float32 instead of converting at every projection), else dtype().
+  at::ScalarType decode_dtype() const { return decode_dtype_; }
 
   // ids: [T] int64 -> hidden [T, hidden] in the run dtype.
   at::Tensor Embed(const at::Tensor& ids) const;
@@ -69,6 +73,7 @@ class LlamaModel {
   ModelConfig config_;
   ModelWeights weights_;
   at::Tensor inv_freq_;  // [d/2] float32, with the rope scaling applied
+  at::ScalarType decode_dtype_;
 };
 
 // Inverse RoPE frequencies for the config (transformers' rope init functions): [d/2] float32.

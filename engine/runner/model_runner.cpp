@@ -535,7 +535,7 @@ StatusOr<at::Tensor> ModelRunner::Decode(const std::vector<DecodeSeq>& seqs) {
       ids.push_back(s.seq);
     }
     const int64_t B = static_cast<int64_t>(seqs.size());
-    at::Tensor x = m.Embed(at::tensor(tokens, at::kLong));
+    at::Tensor x = m.Embed(at::tensor(tokens, at::kLong)).to(m.decode_dtype());
     model::Rope rope = m.RopeFor(at::tensor(positions, at::kLong));
     for (int layer = 0; layer < c.num_layers; ++layer) {
       model::Qkv qkv = m.AttentionInputs(layer, x, rope, model::Rows::kPerSequence);
