@@ -63,7 +63,10 @@ std::unique_ptr<Gateway> Gateway::Create(GatewayOptions options, std::string* er
 }
 
 Gateway::Gateway(GatewayOptions options, std::unique_ptr<Backend> backend, std::unique_ptr<httplib::Server> http)
-    : options_(std::move(options)), backend_(std::move(backend)), http_(std::move(http)) {
+    : options_(std::move(options)),
+      api_keys_(options_.api_keys),
+      backend_(std::move(backend)),
+      http_(std::move(http)) {
   const int num_threads = std::max(1, options_.num_threads);
   http_->new_task_queue = [num_threads] { return new httplib::ThreadPool(static_cast<size_t>(num_threads)); };
   http_->set_payload_max_length(options_.max_body_bytes);
@@ -81,57 +84,58 @@ Gateway::Gateway(GatewayOptions options, std::unique_ptr<Backend> backend, std::
 Gateway::~Gateway() { Stop(); }
 
 void Gateway::InstallPreRouting() {
-  const security::ApiKeySet keys(options_.api_keys);
   const std::vector<std::string> origins = options_.cors_allow_origins;
   const bool any_origin = std::find(origins.begin(), origins.end(), "*") != origins.end();
-  http_->set_pre_routing_handler([this, keys, origins, any_origin](const httplib::Request& req,
-                                                                   httplib::Response& res) {
+  http_->set_pre_routing_handler([origins, any_origin](const httplib::Request& req, httplib::Response& res) {
     using R = httplib::Server::HandlerResponse;
-    // CORS: the allowed origin is echoed (or "*"), on every answer including errors, so that a
-    // browser page can read them; a preflight is answered here, before the key check (browsers
+    // CORS: the allowed origin is echoed (or "*") on every answer, errors included, so that a
+    // browser page can read them; a preflight is answered here, before any key check (browsers
     // send no credentials on it).
     const std::string origin = req.get_header_value("Origin");
     const bool cors = !origin.empty() && !origins.empty() &&
                       (any_origin || std::find(origins.begin(), origins.end(), origin) != origins.end());
-    if (cors) {
-      res.set_header("Access-Control-Allow-Origin", any_origin ? "*" : origin);
-      if (!any_origin) res.set_header("Vary", "Origin");
-      if (req.method == "OPTIONS" && req.has_header("Access-Control-Request-Method")) {
-        res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
-        const std::string asked = req.get_header_value("Access-Control-Request-Headers");
-        res.set_header("Access-Control-Allow-Headers", asked.empty() ? "Authorization, Content-Type" : asked);
-        res.set_header("Access-Control-Max-Age", "600");
-        res.status = 204;
-        return R::Handled;
-      }
-    }
-    if (draining_.load()) {
-      res.set_header("Connection", "close");
-      ApiError e;
-      e.http_status = 503;
-      e.type = "service_unavailable";
-      e.message = "the gateway is shutting down; retry on another replica";
-      SendJson(res, 503, ToJson(e));
+    if (!cors) return R::Unhandled;
+    res.set_header("Access-Control-Allow-Origin", any_origin ? "*" : origin);
+    if (!any_origin) res.set_header("Vary", "Origin");
+    if (req.method == "OPTIONS" && req.has_header("Access-Control-Request-Method")) {
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      const std::string asked = req.get_header_value("Access-Control-Request-Headers");
+      res.set_header("Access-Control-Allow-Headers", asked.empty() ? "Authorization, Content-Type" : asked);
+      res.set_header("Access-Control-Max-Age", "600");
+      res.status = 204;
       return R::Handled;
-    }
-    // /health stays open for probes; everything else needs a key when keys are set.
-    if (keys.enabled() && req.path != "/health") {
-      const std::string auth = req.get_header_value("Authorization");
-      if (!keys.CheckAuthorization(auth)) {
-        ApiError e;
-        e.http_status = 401;
-        e.type = "invalid_request_error";
-        e.code = "invalid_api_key";
-        e.message = auth.empty() ? "You didn't provide an API key. Send it in an Authorization header using Bearer "
-                                   "auth (Authorization: Bearer YOUR_KEY)."
-                                 : "Incorrect API key provided.";
-        res.set_header("WWW-Authenticate", "Bearer");
-        SendJson(res, 401, ToJson(e));
-        return R::Handled;
-      }
     }
     return R::Unhandled;
   });
+}
+
+bool Gateway::Admit(const httplib::Request& req, httplib::Response& res) const {
+  if (draining_.load()) {
+    res.set_header("Connection", "close");
+    ApiError e;
+    e.http_status = 503;
+    e.type = "service_unavailable";
+    e.message = "the gateway is shutting down; retry on another replica";
+    SendJson(res, 503, ToJson(e));
+    return false;
+  }
+  // /health stays open for probes; every other route needs a key when keys are set.
+  if (api_keys_.enabled() && req.path != "/health") {
+    const std::string auth = req.get_header_value("Authorization");
+    if (!api_keys_.CheckAuthorization(auth)) {
+      ApiError e;
+      e.http_status = 401;
+      e.type = "invalid_request_error";
+      e.code = "invalid_api_key";
+      e.message = auth.empty() ? "You didn't provide an API key. Send it in an Authorization header using Bearer "
+                                 "auth (Authorization: Bearer YOUR_KEY)."
+                               : "Incorrect API key provided.";
+      res.set_header("WWW-Authenticate", "Bearer");
+      SendJson(res, 401, ToJson(e));
+      return false;
+    }
+  }
+  return true;
 }
 
 void Gateway::RegisterRoutes() {
@@ -140,7 +144,14 @@ void Gateway::RegisterRoutes() {
   // Every route goes through `route`, so that a wrong method on an existing path is a 405 with an
   // Allow header (not httplib's 404). GET routes answer HEAD too (httplib).
   std::map<std::string, std::string> allow;
-  auto route = [&](const std::string& method, const std::string& path, httplib::Server::Handler handler) {
+  auto route = [&](const std::string& method, const std::string& path, httplib::Server::Handler inner) {
+    // The drain's 503 and the key check run here, once httplib has read the body: answering from
+    // the pre-routing handler would leave a POST's body unread on a keep-alive connection, where
+    // httplib would parse it as the next request.
+    httplib::Server::Handler handler = [this, inner = std::move(inner)](const httplib::Request& req,
+                                                                         httplib::Response& res) {
+      if (Admit(req, res)) inner(req, res);
+    };
     if (method == "GET") {
       http_->Get(path, std::move(handler));
     } else {  // POST

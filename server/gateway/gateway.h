@@ -14,7 +14,7 @@
 // holds its thread until the stream ends, so num_threads bounds concurrent streams.
 //
 // Drain: BeginDrain() closes the listening socket (new connections are refused) and answers any
-// further request on an open connection with 503; requests and SSE streams in flight run to their
+// further request on an open keep-alive connection with 503; requests and SSE streams in flight run to their
 // end, and Serve() returns once the last one has (asl-gateway's main bounds this by --drain-seconds).
 #pragma once
 
@@ -27,6 +27,8 @@
 
 namespace httplib {
 class Server;
+struct Request;
+struct Response;
 }
 
 namespace asl::gateway {
@@ -75,10 +77,14 @@ class Gateway {
  private:
   Gateway(GatewayOptions options, std::unique_ptr<Backend> backend, std::unique_ptr<httplib::Server> http);
   void RegisterRoutes();
-  // CORS headers, the drain's 503 and the API key check, before any route.
+  // CORS headers and preflights, before any route.
   void InstallPreRouting();
+  // In every route, before its handler: false when the response is already made (the drain's 503,
+  // a missing or wrong key's 401).
+  bool Admit(const httplib::Request& req, httplib::Response& res) const;
 
   GatewayOptions options_;
+  security::ApiKeySet api_keys_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<httplib::Server> http_;
   int port_ = 0;

@@ -244,8 +244,11 @@ def test_gateway_keys_with_the_openai_client(keyed):
 
 
 def test_gateway_missing_key_is_openai_shaped_401(keyed):
-    for path, method in (("/v1/chat/completions", "post"), ("/v1/completions", "post"), ("/v1/models", "get")):
-        r = getattr(requests, method)(keyed.base + path, json={"model": "m", "prompt": "x"}, timeout=30)
+    # One keep-alive connection for all: a refused POST's body must not be read as the next request.
+    session = requests.Session()
+    for path, method in (("/v1/chat/completions", "post"), ("/v1/completions", "post"), ("/v1/models", "get"),
+                         ("/v1/completions", "post"), ("/v1/models", "get")):
+        r = getattr(session, method)(keyed.base + path, json={"model": "m", "prompt": "x"}, timeout=30)
         assert r.status_code == 401, (path, r.text)
         err = r.json()["error"]
         assert err["type"] == "invalid_request_error" and err["code"] == "invalid_api_key", err
