@@ -464,6 +464,18 @@ def open_stream(base, max_tokens):
     return r, lines
 
 
+def wait_refused(gw, timeout=60):
+    """Until a new connection to the gateway is refused (its listening socket goes at the signal)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            requests.get(gw.base + "/health", timeout=10, headers={"Connection": "close"})
+        except requests.ConnectionError:
+            return
+        assert time.time() < deadline, "still accepting after SIGTERM:\n" + gw.log()
+        time.sleep(0.05)
+
+
 def test_sigterm_lets_a_live_stream_finish(plain_stack):
     gw = plain_stack("asl-gateway-drain", "--drain-seconds=300")
     r, lines = open_stream(gw.base, max_tokens=40)
@@ -483,15 +495,7 @@ def test_new_connections_are_refused_while_draining(plain_stack):
     gw = plain_stack("asl-gateway-drain-refuse", "--drain-seconds=300")
     r, lines = open_stream(gw.base, max_tokens=200)
     gw.proc.send_signal(signal.SIGTERM)
-    deadline = time.time() + 60
-    refused = False
-    while time.time() < deadline and not refused:  # the listening socket goes as soon as the signal lands
-        try:
-            requests.get(gw.base + "/health", timeout=10, headers={"Connection": "close"})
-            time.sleep(0.05)
-        except requests.ConnectionError:
-            refused = True
-    assert refused, gw.log()
+    wait_refused(gw)
     assert gw.proc.poll() is None  # the stream still runs
     assert list(lines)[-1] == "data: [DONE]"
     assert gw.proc.wait(timeout=120) == 0, gw.log()
@@ -501,7 +505,7 @@ def test_second_signal_exits_at_once(plain_stack):
     gw = plain_stack("asl-gateway-drain-twice", "--drain-seconds=300")
     r, lines = open_stream(gw.base, max_tokens=2000)
     gw.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)  # not a threshold: lets the first signal be taken before the second
+    wait_refused(gw)  # the first signal was taken (two pending SIGTERMs would be one)
     gw.proc.send_signal(signal.SIGTERM)
     assert gw.proc.wait(timeout=120) == 1, gw.log()
     with contextlib.suppress(requests.RequestException):
