@@ -116,9 +116,9 @@ def md(key):
 # --version, defaults, unreadable files (no model load)
 
 def test_version_on_every_binary():
-    bins = sorted(p.name for p in BIN_DIR.iterdir() if p.name.startswith("asl-") and os.access(p, os.X_OK))
-    assert {"asl-server", "asl-gateway", "asl-cli", "asl-loadtest"} <= set(bins), bins
-    for name in bins:
+    # The binaries a build installs in bin/ (the bench/ programs are built on request only and take
+    # no --version).
+    for name in ("asl-server", "asl-gateway", "asl-cli", "asl-loadtest"):
         r = run([BIN_DIR / name, "--version"])
         assert r.returncode == 0, (name, r.stdout, r.stderr)
         assert re.fullmatch(rf"{name} \d+\.\d+\.\d+ \(git ([0-9a-f]{{7,40}}|unknown)\)\n", r.stdout), (name, r.stdout)
