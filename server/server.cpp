@@ -78,7 +78,12 @@ Status AslServer::Start() {
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || grpc_port_ == 0) {
     server_.reset();
-    return Unavailable("server.grpc_port: cannot listen on " + address);
+    std::string why = "server.grpc_port: cannot listen on " + address;
+    if (security_.tls.enabled()) {
+      why += " (or gRPC refused the TLS certificate " + config_.tls_cert_file + " with the key " +
+             config_.tls_key_file + ": do they match?)";
+    }
+    return Unavailable(why);
   }
   SetHealth(false);
   spdlog::info("gRPC listening on {}:{} ({}{}; API keys: {}; health NOT_SERVING while the model loads)",

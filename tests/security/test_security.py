@@ -364,6 +364,15 @@ def tls_stack(pki, tmp_path_factory):
         assert server.stop() == 0, server.log()
 
 
+def test_certificate_and_key_that_do_not_match(pki):
+    cert, key = pki / "server.pem", pki / "client.key"
+    r = run([BIN_DIR / "asl-gateway", f"--tls-cert-file={cert}", f"--tls-key-file={key}"])
+    assert r.returncode == 2 and str(cert) in r.stderr and str(key) in r.stderr, r.stderr
+    r = run([BIN_DIR / "asl-server", f"--model.path={MODEL}", f"--server.grpc_port={free_port()}",
+             "--server.metrics_port=0", f"--server.tls_cert_file={cert}", f"--server.tls_key_file={key}"])
+    assert r.returncode == 1 and str(cert) in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 def test_grpc_tls_handshake_needs_the_ca(tls_stack, pki):
     stub = pb_grpc.GenerationStub(tls_stack.channel)
     assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).num_layers == 30
