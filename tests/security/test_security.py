@@ -36,6 +36,7 @@ BIN_DIR, MODEL, free_port = sc.BIN_DIR, sc.MODEL, sc.free_port
 KEYS = ["sk-file-one", "sk-file-two"]
 ENV_KEY = "sk-from-env"
 GW_KEY = "sk-gateway"
+GW_ENV_KEY = "sk-gateway-env"
 CHAT = [{"role": "user", "content": "Name three colours."}]
 
 
@@ -179,6 +180,7 @@ def keyed(tmp_path_factory):
                    env={"ASL_GATEWAY_LISTEN": f"127.0.0.1:{http_port}",
                         "ASL_GATEWAY_BACKEND": server.address,
                         "ASL_GATEWAY_API_KEY_FILE": str(gw_keys),
+                        "ASL_GATEWAY_API_KEYS": GW_ENV_KEY,
                         "ASL_GATEWAY_BACKEND_API_KEY_FILE": str(backend_key)})
     base = f"http://127.0.0.1:{http_port}"
     try:
@@ -229,6 +231,8 @@ def test_grpc_health_stays_open(keyed):
 def test_gateway_keys_with_the_openai_client(keyed):
     good = openai.OpenAI(base_url=keyed.base + "/v1", api_key=GW_KEY, max_retries=0, timeout=120)
     model = good.models.list().data[0].id
+    from_env = openai.OpenAI(base_url=keyed.base + "/v1", api_key=GW_ENV_KEY, max_retries=0, timeout=120)
+    assert from_env.models.list().data[0].id == model
     out = good.chat.completions.create(model=model, messages=CHAT, max_tokens=4, temperature=0)
     assert out.choices[0].message.content  # and the gateway's key reached the backend
     stream = good.chat.completions.create(model=model, messages=CHAT, max_tokens=4, temperature=0, stream=True)
