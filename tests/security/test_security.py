@@ -55,7 +55,8 @@ class Proc:
                                      env={**os.environ, **(env or {})})
 
     def log(self):
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout=60):
@@ -195,6 +196,7 @@ def keyed(tmp_path_factory):
         yield s
     finally:
         assert gateway.stop() == 0, gateway.log()
+        assert "drained" in gateway.log(), gateway.log()  # Serve() returned: not the grace's exit
         channel.close()
         assert server.stop() == 0, server.log()
 
@@ -364,6 +366,7 @@ def tls_stack(pki, tmp_path_factory):
         yield s
     finally:
         assert gateway.stop() == 0, gateway.log()
+        assert "drained" in gateway.log(), gateway.log()  # Serve() returned: not the grace's exit
         channel.close()
         assert server.stop() == 0, server.log()
 
