@@ -196,7 +196,9 @@ std::vector<Option> BuildOptions() {
                         0, 4096, [](auto* c) { return &c->engine.num_threads; }));
 
   // server
-  o.push_back(StringOption("server.host", "string", "address the gRPC server binds (0.0.0.0: all interfaces)",
+  o.push_back(StringOption("server.host", "string",
+                           "address the gRPC and metrics servers bind (127.0.0.1: this machine only; 0.0.0.0: all "
+                           "interfaces, e.g. in a container)",
                            [](auto* c) { return &c->host; }, NonEmpty()));
   o.push_back(IntOption("server.grpc_port", "gRPC port", 1, 65535, [](auto* c) { return &c->grpc_port; }));
   o.push_back(IntOption("server.metrics_port", "Prometheus /metrics port (same host); 0 = no metrics endpoint", 0,
@@ -211,6 +213,20 @@ std::vector<Option> BuildOptions() {
   o.push_back(FloatOption("server.shutdown_grace_seconds",
                           "on SIGTERM/SIGINT, how long running requests may finish before they are aborted", 0.0,
                           86400.0, false, [](auto* c) { return &c->shutdown_grace_seconds; }));
+  auto any = [](const std::string&) { return std::string(); };
+  o.push_back(StringOption("server.api_key_file", "string",
+                           "file of API keys, one per line, that gRPC calls must send as metadata 'authorization: "
+                           "Bearer KEY' (also ASL_SERVER_API_KEYS); empty: no keys (health stays open)",
+                           [](auto* c) { return &c->api_key_file; }, any));
+  o.push_back(StringOption("server.tls_cert_file", "string",
+                           "gRPC TLS: the server's certificate chain (PEM, with tls_key_file); empty: plaintext",
+                           [](auto* c) { return &c->tls_cert_file; }, any));
+  o.push_back(StringOption("server.tls_key_file", "string", "gRPC TLS: the certificate's private key (PEM)",
+                           [](auto* c) { return &c->tls_key_file; }, any));
+  o.push_back(StringOption("server.tls_client_ca_file", "string",
+                           "gRPC mutual TLS: clients must present a certificate signed by this CA (PEM); empty: no "
+                           "client certificates",
+                           [](auto* c) { return &c->tls_client_ca_file; }, any));
 
   // kv_cache
   o.push_back(SizeOption("kv_cache.bytes", "KV pool size; 0 = kv_cache.memory_fraction of free memory", 0, kI64Max,

@@ -3,6 +3,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cctype>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -103,6 +105,13 @@ Status ValidateServerConfig(const ServerConfig& c) {
     return InvalidArgument("pruning.max_layer: must be -1 or > pruning.min_layer (" + std::to_string(p.min_layer) +
                            "), got " + std::to_string(p.max_layer));
   }
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
+    return InvalidArgument(std::string(c.tls_cert_file.empty() ? "server.tls_cert_file" : "server.tls_key_file") +
+                           ": TLS needs both server.tls_cert_file and server.tls_key_file");
+  }
+  if (!c.tls_client_ca_file.empty() && c.tls_cert_file.empty()) {
+    return InvalidArgument("server.tls_client_ca_file: mutual TLS needs server.tls_cert_file and server.tls_key_file");
+  }
   if (c.metrics_port != 0 && c.metrics_port == c.grpc_port) {
     return InvalidArgument("server.metrics_port: must differ from server.grpc_port (" + std::to_string(c.grpc_port) +
                            ")");
@@ -115,8 +124,23 @@ Status ValidateServerConfig(const ServerConfig& c) {
   return Status::Ok();
 }
 
+std::string EnvVarForKey(const std::string& key) {
+  std::string name = "ASL_SERVER_";
+  for (char c : key) name += c == '.' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return name;
+}
+
 StatusOr<ParsedArgs> ParseServerArgs(const std::vector<std::string>& args) {
+  return ParseServerArgs(args, [](const char* name) -> const char* { return std::getenv(name); });
+}
+
+StatusOr<ParsedArgs> ParseServerArgs(const std::vector<std::string>& args, const EnvLookup& env) {
   ParsedArgs out;
+  // An environment variable set to a non-empty value, else nullptr.
+  auto env_value = [&env](const std::string& name) -> const char* {
+    const char* v = env ? env(name.c_str()) : nullptr;
+    return v != nullptr && *v != '\0' ? v : nullptr;
+  };
   // Split into (flag, value) pairs first so that --config applies before every other flag.
   struct Flag {
     std::string name;
@@ -127,6 +151,10 @@ StatusOr<ParsedArgs> ParseServerArgs(const std::vector<std::string>& args) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
       out.help = true;
+      continue;
+    }
+    if (a == "--version") {
+      out.version = true;
       continue;
     }
     if (a.rfind("--", 0) != 0 || a.size() == 2) {
@@ -150,12 +178,27 @@ StatusOr<ParsedArgs> ParseServerArgs(const std::vector<std::string>& args) {
     }
     flags.push_back(std::move(f));
   }
-  if (out.help) return out;
+  if (out.help || out.version) return out;
   for (const Flag& f : flags) {
     if (f.name != "config") continue;
     if (!out.config.config_file.empty()) return InvalidArgument("--config: given more than once");
     ASL_RETURN_IF_ERROR(ApplyYamlFile(f.value, &out.config));
     out.config.config_file = f.value;
+  }
+  if (out.config.config_file.empty()) {
+    if (const char* path = env_value("ASL_SERVER_CONFIG")) {
+      Status st = ApplyYamlFile(path, &out.config);
+      if (!st.ok()) return InvalidArgument("ASL_SERVER_CONFIG: " + st.message());
+      out.config.config_file = path;
+    }
+  }
+  // Environment variables: above the file, below the flags.
+  for (const Option& o : Options()) {
+    const std::string name = EnvVarForKey(o.key);
+    const char* value = env_value(name);
+    if (value == nullptr) continue;
+    Status st = o.set(value, &out.config);
+    if (!st.ok()) return InvalidArgument(name + " (" + o.key + "): " + st.message());
   }
   for (const Flag& f : flags) {
     if (f.name == "config") continue;
@@ -177,11 +220,15 @@ std::string ServerHelpText(const std::string& program) {
   std::ostringstream out;
   out << "Usage: " << program << " [--config FILE] [--section.key=value | --section.key value]...\n\n"
       << "Serves a model over gRPC (asl.v1.Generation, grpc.health.v1.Health) with Prometheus metrics.\n"
-      << "Precedence: built-in defaults < the YAML file given with --config < flags.\n"
-      << "Every key of the YAML file is a flag. Sizes take K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024)\n"
-      << "or KB/MB/GB/TB (powers of 1000).\n\n"
-      << "  --config FILE\n      YAML file with the keys below, nested by section (see config/default.yaml)\n"
-      << "  --help, -h\n      this text\n\n"
+      << "Precedence: built-in defaults < the YAML file given with --config < environment variables < flags.\n"
+      << "Every key of the YAML file is a flag and an environment variable ASL_SERVER_<KEY>: the key in\n"
+      << "capitals, '.' as '_' (kv_cache.bytes: ASL_SERVER_KV_CACHE_BYTES); empty variables are unset.\n"
+      << "Sizes take K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024) or KB/MB/GB/TB (powers of 1000).\n\n"
+      << "  --config FILE (env ASL_SERVER_CONFIG)\n"
+      << "      YAML file with the keys below, nested by section (see config/default.yaml)\n"
+      << "  --help, -h\n      this text\n"
+      << "  --version\n      print the version and git commit, then exit\n\n"
+      << "API keys: server.api_key_file and/or " << kApiKeysEnvVar << " (keys separated by commas).\n\n"
       << "Keys (type, default):\n";
   std::string section;
   for (const Option& o : Options()) {
@@ -190,7 +237,8 @@ std::string ServerHelpText(const std::string& program) {
       section = s;
       out << "\n";
     }
-    out << "  --" << o.key << " (" << o.type << ", default " << o.get(defaults) << ")\n      " << o.help << "\n";
+    out << "  --" << o.key << " (" << o.type << ", default " << o.get(defaults) << ") [env " << EnvVarForKey(o.key)
+        << "]\n      " << o.help << "\n";
   }
   return out.str();
 }

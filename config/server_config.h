@@ -1,13 +1,17 @@
 // ServerConfig: everything asl-server can be told, and how it is told. Precedence: built-in
-// defaults < the YAML file given with --config < command-line flags. Every key of the YAML file
-// (config/default.yaml documents them all) is also a flag: `--section.key=value` or
-// `--section.key value`. Unknown keys, values of the wrong type and values out of range are errors
-// whose message names the key. This is the only library that includes yaml-cpp.
+// defaults < the YAML file given with --config < environment variables < command-line flags.
+// Every key of the YAML file (config/default.yaml documents them all) is also a flag,
+// `--section.key=value` or `--section.key value`, and an environment variable ASL_SERVER_ + the key
+// in capitals with '.' as '_' (kv_cache.bytes: ASL_SERVER_KV_CACHE_BYTES; --config:
+// ASL_SERVER_CONFIG); empty variables count as unset, other ASL_SERVER_* names are ignored.
+// Unknown keys, values of the wrong type and values out of range are errors whose message names
+// the key (and the variable). This is the only library that includes yaml-cpp.
 //
 // Thread: none of this is thread-safe; it runs once, at startup, on the main thread.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -29,13 +33,17 @@ struct ServerConfig {
   // model.*, kv_cache.*, scheduler.* and pruning.* keys.
   EngineConfig engine;
   // server.* keys.
-  std::string host = "0.0.0.0";              // address the gRPC server binds
+  std::string host = "127.0.0.1";            // address the gRPC and metrics servers bind (loopback)
   int grpc_port = 50051;                     // gRPC port, 1..65535
   int metrics_port = 9090;                   // Prometheus /metrics port; 0 = no metrics endpoint
   int http_port = 8080;                      // asl-gateway's HTTP port (read by the gateway)
   int64_t max_message_bytes = 16LL << 20;    // largest gRPC message received or sent
   int max_prompt_tokens = 0;                 // longest prompt accepted; 0 = the context length
   double shutdown_grace_seconds = 30.0;      // SIGTERM: how long running requests may finish
+  std::string api_key_file;                  // keys clients must send (one per line); empty: none
+  std::string tls_cert_file;                 // gRPC TLS certificate chain (PEM); empty: plaintext
+  std::string tls_key_file;                  // its private key (PEM)
+  std::string tls_client_ca_file;            // clients must present a certificate it signed (mTLS)
   // log.* keys.
   std::string log_level = "info";            // spdlog level name
 
@@ -45,12 +53,23 @@ struct ServerConfig {
 struct ParsedArgs {
   ServerConfig config;
   bool help = false;                         // --help / -h was given: print ServerHelpText, exit 0
+  bool version = false;                      // --version was given: print the version line, exit 0
 };
 
-// Parses the command line (without argv[0]): `--config PATH` first, whatever its position, then
-// every other flag in order. The result is validated (ValidateServerConfig). On error nothing
-// else is returned; the message names the flag or key.
+// Looks up an environment variable: nullptr when unset (std::getenv by default; tests pass a map).
+using EnvLookup = std::function<const char*(const char* name)>;
+
+// The environment variable of a key: "kv_cache.bytes" -> "ASL_SERVER_KV_CACHE_BYTES".
+std::string EnvVarForKey(const std::string& key);
+// The variable that, besides server.api_key_file, holds API keys (comma or space separated).
+inline constexpr const char* kApiKeysEnvVar = "ASL_SERVER_API_KEYS";
+
+// Parses the command line (without argv[0]): `--config PATH` (else ASL_SERVER_CONFIG) first,
+// whatever its position, then the environment variables of the keys, then every other flag in
+// order. The result is validated (ValidateServerConfig). On error nothing else is returned; the
+// message names the flag, variable or key.
 [[nodiscard]] StatusOr<ParsedArgs> ParseServerArgs(const std::vector<std::string>& args);
+[[nodiscard]] StatusOr<ParsedArgs> ParseServerArgs(const std::vector<std::string>& args, const EnvLookup& env);
 
 // Applies a YAML document (a mapping of sections to mappings of keys) on top of *config.
 // `origin` names the source in errors ("config.yaml"). Keys missing from the document keep their

@@ -28,6 +28,8 @@ const char* CodeName(grpc::StatusCode code) {
     case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
     case grpc::StatusCode::INTERNAL: return "INTERNAL";
     case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
     default: return "OTHER";
   }
 }

@@ -7,6 +7,10 @@
 //   # the same token ids for two HTTP servers: save them once (asl-server's tokenizer), then replay
 //   asl-loadtest --target 127.0.0.1:50051 --prompt-tokens 2048 --num-requests 16 --save-prompts p.json --prompts-only
 //   asl-loadtest --api openai --target http://127.0.0.1:8080 --prompt-ids p.json --concurrency 4 --num-requests 16
+//
+// Every flag is also an environment variable ASL_LOADTEST_<FLAG> (--target: ASL_LOADTEST_TARGET).
+// The API key (--api-key, or its variable ASL_LOADTEST_API_KEY, or --api-key-file) goes out as
+// gRPC metadata or the HTTP header "authorization: Bearer KEY".
 #include <CLI/CLI.hpp>
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
@@ -24,6 +28,9 @@
 #include "loadtest/prompts.h"
 #include "loadtest/stats.h"
 #include "proto/pruning_fields.h"
+#include "security/api_keys.h"
+#include "security/grpc_security.h"
+#include "version/cli.h"
 
 namespace {
 
@@ -94,6 +101,8 @@ int main(int argc, char** argv) {
   int warmup = 1;
   std::string json_path;
   PruningFlags pruning_flags;
+  std::string api_key, api_key_file;
+  asl::security::ClientSecurity grpc_security;
 
   CLI::App app{"asl-loadtest: load generator and latency report for asl-server (gRPC) or any OpenAI-compatible "
                "server (HTTP, streaming /v1/completions)"};
@@ -142,7 +151,33 @@ int main(int argc, char** argv) {
   app.add_option("--slo-ttft", slo.ttft_ms, "Goodput SLO on TTFT in ms; 0 = none")->capture_default_str();
   app.add_option("--slo-tpot", slo.tpot_ms, "Goodput SLO on TPOT in ms; 0 = none")->capture_default_str();
   app.add_option("--json", json_path, "Write the summary, the options and per-request results here");
+  app.add_option("--api-key", api_key,
+                 "API key sent as 'authorization: Bearer KEY' (gRPC metadata or HTTP header); prefer its "
+                 "variable ASL_LOADTEST_API_KEY or --api-key-file, which keep it out of `ps`");
+  app.add_option("--api-key-file", api_key_file, "File whose first line is the API key")->check(CLI::ExistingFile);
+  app.add_flag("--tls", grpc_security.tls,
+               "TLS: grpc: to asl-server (implied by --ca-file); openai: use an https:// --target instead");
+  app.add_option("--ca-file", grpc_security.ca_file,
+                 "TLS: CA certificates (PEM) the server's certificate must chain to (grpc and https); default: "
+                 "the system's");
+  app.add_option("--cert-file", grpc_security.cert_file, "grpc TLS: client certificate (PEM) for mutual TLS");
+  app.add_option("--key-file", grpc_security.key_file, "grpc TLS: the client certificate's private key (PEM)");
+  app.add_option("--tls-server-name", grpc_security.server_name,
+                 "grpc TLS: the name the server's certificate must carry (default: the --target host)");
+  asl::AddVersionFlag(&app, "asl-loadtest");
+  asl::SetEnvNames(&app, "ASL_LOADTEST_");
   CLI11_PARSE(app, argc, argv);
+  if (api_key.empty() && !api_key_file.empty()) {
+    std::vector<std::string> keys;
+    std::string key_error;
+    if (!asl::security::LoadApiKeys(api_key_file, "", &keys, &key_error)) {
+      std::cerr << "asl-loadtest: --api-key-file: " << key_error << "\n";
+      return 2;
+    }
+    api_key = keys.front();
+  }
+  grpc_security.api_key = api_key;
+  if (!grpc_security.ca_file.empty() || !grpc_security.cert_file.empty()) grpc_security.tls = true;
 
   load.sampling.set_max_tokens(max_tokens);
   load.sampling.set_temperature(temperature);
@@ -168,10 +203,12 @@ int main(int argc, char** argv) {
   asl::loadtest::OpenAiOptions http;
   std::string error;
   if (openai) {
-    if (!asl::loadtest::ParseHttpUrl(target, &http.host, &http.port, &error)) {
+    if (!asl::loadtest::ParseHttpUrl(target, &http.host, &http.port, &http.https, &error)) {
       std::cerr << "asl-loadtest: " << error << "\n";
       return 2;
     }
+    http.ca_file = grpc_security.ca_file;
+    http.api_key = api_key;
     http.timeout_s = load.timeout_s;
     http.model = model;
     if (http.model.empty()) {
@@ -210,7 +247,11 @@ int main(int argc, char** argv) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
     args.SetMaxSendMessageSize(64 << 20);
-    auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    auto channel = asl::security::MakeClientChannel(target, grpc_security, args, &error);
+    if (channel == nullptr) {
+      std::cerr << "asl-loadtest: " << error << "\n";
+      return 2;
+    }
     if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
       std::cerr << "asl-loadtest: cannot connect to " << target << " within 10 s\n";
       return 1;

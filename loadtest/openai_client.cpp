@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
 
 namespace asl::loadtest {
 namespace {
@@ -23,6 +24,19 @@ void SetTimeouts(httplib::Client& cli, double timeout_s) {
   cli.set_keep_alive(false);
 }
 
+// A client for one request: scheme, TLS verification, API key, timeouts.
+std::unique_ptr<httplib::Client> MakeClient(const OpenAiOptions& o, double timeout_s) {
+  auto cli = std::make_unique<httplib::Client>(std::string(o.https ? "https://" : "http://") + o.host + ":" +
+                                               std::to_string(o.port));
+  if (o.https) {
+    cli->enable_server_certificate_verification(true);
+    if (!o.ca_file.empty()) cli->set_ca_cert_path(o.ca_file);
+  }
+  if (!o.api_key.empty()) cli->set_bearer_token_auth(o.api_key);
+  SetTimeouts(*cli, timeout_s);
+  return cli;
+}
+
 int64_t IntOr(const json& obj, const char* key, int64_t fallback) {
   auto it = obj.find(key);
   return it != obj.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
@@ -31,9 +45,20 @@ int64_t IntOr(const json& obj, const char* key, int64_t fallback) {
 }  // namespace
 
 bool ParseHttpUrl(const std::string& url, std::string* host, int* port, std::string* error) {
-  const std::string scheme = "http://";
+  bool https = false;
+  if (!ParseHttpUrl(url, host, port, &https, error)) return false;
+  if (https) {
+    *error = "--target: https is not accepted here (got '" + url + "')";
+    return false;
+  }
+  return true;
+}
+
+bool ParseHttpUrl(const std::string& url, std::string* host, int* port, bool* https, std::string* error) {
+  *https = url.rfind("https://", 0) == 0;
+  const std::string scheme = *https ? "https://" : "http://";
   if (url.rfind(scheme, 0) != 0) {
-    *error = "--target: an OpenAI base URL must start with http:// (got '" + url + "')";
+    *error = "--target: an OpenAI base URL must start with http:// or https:// (got '" + url + "')";
     return false;
   }
   std::string rest = url.substr(scheme.size());
@@ -48,7 +73,7 @@ bool ParseHttpUrl(const std::string& url, std::string* host, int* port, std::str
   }
   const size_t colon = rest.rfind(':');
   *host = colon == std::string::npos ? rest : rest.substr(0, colon);
-  *port = 80;
+  *port = *https ? 443 : 80;
   if (colon != std::string::npos) {
     const std::string p = rest.substr(colon + 1);
     char* end = nullptr;
@@ -149,8 +174,8 @@ json CompletionBody(const OpenAiOptions& options, const Prompt& prompt, int64_t 
 
 RequestResult RunOneOpenAi(const OpenAiOptions& options, const json& body, double run_start_s) {
   RequestResult r;
-  httplib::Client cli(options.host, options.port);
-  SetTimeouts(cli, options.timeout_s);
+  std::unique_ptr<httplib::Client> client = MakeClient(options, options.timeout_s);
+  httplib::Client& cli = *client;
 
   httplib::Request req;
   req.method = "POST";
@@ -231,8 +256,8 @@ RequestResult RunOneOpenAi(const OpenAiOptions& options, const json& body, doubl
 }
 
 std::string FirstModelId(const OpenAiOptions& options, std::string* error) {
-  httplib::Client cli(options.host, options.port);
-  SetTimeouts(cli, 30);
+  std::unique_ptr<httplib::Client> client = MakeClient(options, 30);
+  httplib::Client& cli = *client;
   auto res = cli.Get("/v1/models");
   if (!res) {
     *error = "GET /v1/models: " + httplib::to_string(res.error());
@@ -249,8 +274,8 @@ std::string FirstModelId(const OpenAiOptions& options, std::string* error) {
 
 bool TokenizeHttp(const OpenAiOptions& options, const std::string& text, bool add_bos, std::vector<int32_t>* ids,
                   std::string* error) {
-  httplib::Client cli(options.host, options.port);
-  SetTimeouts(cli, 60);
+  std::unique_ptr<httplib::Client> client = MakeClient(options, 60);
+  httplib::Client& cli = *client;
   const json body = {{"content", text}, {"add_special", add_bos}};
   auto res = cli.Post("/tokenize", body.dump(), "application/json");
   if (!res) {

@@ -21,8 +21,10 @@
 
 namespace asl::loadtest {
 
-// "http://host:port" (a trailing "/" or "/v1" is dropped). Returns false with `error` on anything
-// else (https is not supported: the Debian cpp-httplib build is used without TLS here).
+// "http://host:port" or "https://host:port" (a trailing "/" or "/v1" is dropped; default ports 80
+// and 443). Returns false with `error` on anything else. *https tells which scheme; the overload
+// without it refuses https.
+[[nodiscard]] bool ParseHttpUrl(const std::string& url, std::string* host, int* port, bool* https, std::string* error);
 [[nodiscard]] bool ParseHttpUrl(const std::string& url, std::string* host, int* port, std::string* error);
 
 // Splits a byte stream into server-sent events and hands each event's `data` (the "data:" lines
@@ -62,6 +64,9 @@ struct OpenAiOptions {
   std::string model;               // "model" of every request
   nlohmann::json body_extra;       // merged into every request body (sampling, "pruning", ...)
   double timeout_s = 600;          // read/write timeout of each request (the whole stream, per read)
+  bool https = false;              // TLS (OpenSSL), the server's certificate verified
+  std::string ca_file;             // https: CA certificates (PEM); empty: the system's
+  std::string api_key;             // sent as "Authorization: Bearer KEY"; empty: none
 };
 
 // The body of request `index`: prompt (token ids, or text), stream, usage, plus body_extra.

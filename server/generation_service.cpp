@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "engine/tokenizer/tokenizer.h"
+#include "security/grpc_security.h"
 #include "server/generate_stream.h"
 #include "server/metrics.h"
 
@@ -22,8 +23,9 @@ std::string PolicyLabel(const v1::GenerateRequest& r, const RequestLimits& limit
 
 }  // namespace
 
-GenerationService::GenerationService(int64_t max_prompt_tokens, std::shared_ptr<ServerMetrics> metrics)
-    : max_prompt_tokens_(max_prompt_tokens), metrics_(std::move(metrics)) {}
+GenerationService::GenerationService(int64_t max_prompt_tokens, std::shared_ptr<ServerMetrics> metrics,
+                                     security::ApiKeySet api_keys)
+    : max_prompt_tokens_(max_prompt_tokens), metrics_(std::move(metrics)), api_keys_(std::move(api_keys)) {}
 
 void GenerationService::SetEngine(Engine* engine) {
   engine_ = engine;
@@ -46,10 +48,11 @@ Engine* GenerationService::ServingEngine(grpc::Status* why) const {
   return nullptr;
 }
 
-grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(grpc::CallbackServerContext* /*context*/,
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(grpc::CallbackServerContext* context,
                                                                         const grpc::ByteBuffer* request) {
+  const grpc::Status auth = security::CheckCallAuth(api_keys_, *context);
   v1::GenerateRequest req;
-  grpc::Status status = ParseMessage(*request, &req);
+  grpc::Status status = auth.ok() ? ParseMessage(*request, &req) : auth;
   std::string id = req.request_id();
   if (id.empty()) id = "req-" + std::to_string(next_request_number_.fetch_add(1));
   grpc::Status unavailable;
@@ -87,7 +90,8 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
                                                       const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   v1::TokenizeRequest req;
-  grpc::Status status = ParseMessage(*request, &req);
+  grpc::Status status = security::CheckCallAuth(api_keys_, *context);
+  if (status.ok()) status = ParseMessage(*request, &req);
   if (!status.ok()) {
     reactor->Finish(status);
     return reactor;
@@ -123,8 +127,8 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
                                                           const v1::GetModelInfoRequest* /*request*/,
                                                           v1::ModelInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  grpc::Status status;
-  Engine* engine = ServingEngine(&status);
+  grpc::Status status = security::CheckCallAuth(api_keys_, *context);
+  Engine* engine = status.ok() ? ServingEngine(&status) : nullptr;
   if (engine != nullptr) FillModelInfo(*engine, max_prompt_tokens_, response);
   reactor->Finish(status);
   return reactor;
@@ -134,8 +138,8 @@ grpc::ServerUnaryReactor* GenerationService::ResetPrefixCache(grpc::CallbackServ
                                                               const v1::ResetPrefixCacheRequest* /*request*/,
                                                               v1::ResetPrefixCacheResponse* /*response*/) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  grpc::Status status;
-  Engine* engine = ServingEngine(&status);
+  grpc::Status status = security::CheckCallAuth(api_keys_, *context);
+  Engine* engine = status.ok() ? ServingEngine(&status) : nullptr;
   if (engine != nullptr) engine->ResetPrefixCache();
   reactor->Finish(status);
   return reactor;

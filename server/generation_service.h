@@ -2,6 +2,10 @@
 // request as raw bytes so that a string field holding invalid UTF-8 (which protobuf refuses to
 // parse) is reported as INVALID_ARGUMENT naming the field rather than an opaque parse failure.
 //
+// Authentication: with API keys, every call must carry the metadata `authorization: Bearer KEY`,
+// else UNAUTHENTICATED (checked before anything else, so a caller without a key learns nothing of
+// the server's state). The standard health service is gRPC's own and stays open for probes.
+//
 // Lifecycle: kLoading (every call UNAVAILABLE) -> SetEngine -> kServing -> SetDraining ->
 // kDraining (every new call UNAVAILABLE; running streams continue until the engine ends them).
 //
@@ -15,6 +19,7 @@
 
 #include "asl/v1/generation.grpc.pb.h"
 #include "engine/engine.h"
+#include "security/api_keys.h"
 #include "server/request_convert.h"
 
 namespace asl::server {
@@ -29,8 +34,10 @@ using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<v1:
 
 class GenerationService final : public GenerationServiceBase {
  public:
-  // `max_prompt_tokens`: server.max_prompt_tokens (0 = the context length).
-  GenerationService(int64_t max_prompt_tokens, std::shared_ptr<ServerMetrics> metrics);
+  // `max_prompt_tokens`: server.max_prompt_tokens (0 = the context length). `api_keys`: the keys
+  // callers must send (none: no authentication).
+  GenerationService(int64_t max_prompt_tokens, std::shared_ptr<ServerMetrics> metrics,
+                    security::ApiKeySet api_keys = {});
 
   // The model is loaded: start serving with `engine` (not owned).
   void SetEngine(Engine* engine);
@@ -54,6 +61,7 @@ class GenerationService final : public GenerationServiceBase {
 
   const int64_t max_prompt_tokens_;
   std::shared_ptr<ServerMetrics> metrics_;
+  const security::ApiKeySet api_keys_;
   std::atomic<ServingState> state_{ServingState::kLoading};
   Engine* engine_ = nullptr;      // written once by SetEngine, before state_ turns kServing
   RequestLimits limits_;          // likewise

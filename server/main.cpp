@@ -1,5 +1,6 @@
 // asl-server: parses the configuration, starts listening, loads the model, serves until SIGTERM or
 // SIGINT, then drains and exits 0. A second signal during the drain exits at once (status 1).
+// Bad arguments, an unreadable API key file or TLS file: exit 2 with a message naming it.
 #include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -11,11 +12,13 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "config/server_config.h"
 #include "engine/common/log_sink.h"
 #include "server/server.h"
+#include "version/version.h"
 
 namespace {
 
@@ -65,17 +68,27 @@ int main(int argc, char** argv) {
     std::fputs(config::ServerHelpText("asl-server").c_str(), stdout);
     return 0;
   }
+  if (parsed->version) {
+    std::printf("%s\n", VersionLine("asl-server").c_str());
+    return 0;
+  }
   const config::ServerConfig& cfg = parsed->config;
   (void)SetLogLevel(cfg.log_level);  // validated by the config
+  // API keys and TLS files: read now, so that a bad path stops the server before anything starts.
+  StatusOr<server::ServerSecurity> security = server::LoadServerSecurity(cfg);
+  if (!security.ok()) {
+    std::fprintf(stderr, "asl-server: %s\n", security.status().message().c_str());
+    return 2;
+  }
 
   if (!InstallSignalHandlers()) {
     std::fprintf(stderr, "asl-server: cannot install signal handlers: %s\n", std::strerror(errno));
     return 1;
   }
 
-  spdlog::info("asl-server starting{}", cfg.config_file.empty() ? "" : " with " + cfg.config_file);
+  spdlog::info("{} starting{}", VersionLine("asl-server"), cfg.config_file.empty() ? "" : " with " + cfg.config_file);
   spdlog::debug("configuration:\n{}", config::DumpServerConfig(cfg));
-  server::AslServer server(cfg);
+  server::AslServer server(cfg, std::move(security).value());
   if (Status st = server.Start(); !st.ok()) {
     spdlog::critical("{}", st.message());
     return 1;

@@ -1,6 +1,7 @@
 #include "server/metrics.h"
 
 #include "server/metrics_http.h"
+#include "version/version.h"
 
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -218,6 +219,13 @@ class ServerMetrics::GaugeCollector final : public prometheus::Collectable {
  public:
   explicit GaugeCollector(prometheus::Labels labels) : labels_(std::move(labels)) {}
 
+  prometheus::Labels BuildLabels() const {
+    prometheus::Labels l = labels_;
+    l["version"] = Version();
+    l["revision"] = GitCommit();
+    return l;
+  }
+
   void Set(std::function<EngineStats()> stats) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_ = std::move(stats);
@@ -252,6 +260,8 @@ class ServerMetrics::GaugeCollector final : public prometheus::Collectable {
                   static_cast<double>(s.prefix_cache_hit_tokens), m),
         CounterOf("asl_prefix_cache_evictions_total", "Cached KV blocks evicted to make room",
                   static_cast<double>(s.prefix_cache_evictions), m),
+        Gauge("asl_build_info", "Always 1: the build's version and git commit, and the model served", 1.0,
+              BuildLabels()),
         // The standard process metrics (no model label: they describe the process).
         CounterOf("process_cpu_seconds_total", "Total user and system CPU time spent in seconds", p.cpu_seconds),
         Gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds",

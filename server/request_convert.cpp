@@ -94,6 +94,7 @@ std::string GrpcCodeLabel(grpc::StatusCode code) {
     case grpc::StatusCode::RESOURCE_EXHAUSTED: return "resource_exhausted";
     case grpc::StatusCode::UNIMPLEMENTED: return "unimplemented";
     case grpc::StatusCode::UNAVAILABLE: return "unavailable";
+    case grpc::StatusCode::UNAUTHENTICATED: return "unauthenticated";
     case grpc::StatusCode::DATA_LOSS: return "data_loss";
     default: return "internal";
   }

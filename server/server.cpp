@@ -31,9 +31,23 @@ std::string ResolveModelPath(const std::string& path) {
   return fs::exists(in_tree) ? in_tree.string() : path;
 }
 
-AslServer::AslServer(config::ServerConfig config)
-    : config_(std::move(config)), metrics_(std::make_shared<ServerMetrics>(ServedModelName(config_.engine.model_path))) {
-  service_ = std::make_unique<GenerationService>(config_.max_prompt_tokens, metrics_);
+StatusOr<ServerSecurity> LoadServerSecurity(const config::ServerConfig& config) {
+  ServerSecurity out;
+  std::string error;
+  if (!security::LoadApiKeys(config.api_key_file, config::kApiKeysEnvVar, &out.api_keys, &error)) {
+    return InvalidArgument((config.api_key_file.empty() ? "" : "server.api_key_file: ") + error);
+  }
+  if (!security::LoadServerTls(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file, &out.tls,
+                               &error)) {
+    return InvalidArgument("server.tls_*: " + error);
+  }
+  return out;
+}
+
+AslServer::AslServer(config::ServerConfig config, ServerSecurity security)
+    : config_(std::move(config)), security_(std::move(security)), metrics_(std::make_shared<ServerMetrics>(ServedModelName(config_.engine.model_path))) {
+  service_ = std::make_unique<GenerationService>(config_.max_prompt_tokens, metrics_,
+                                                 security::ApiKeySet(security_.api_keys));
 }
 
 AslServer::~AslServer() {
@@ -57,17 +71,25 @@ Status AslServer::Start() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   const std::string address = config_.host + ":" + std::to_string(config_.grpc_port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &grpc_port_);
+  builder.AddListeningPort(address, security::MakeServerCredentials(security_.tls), &grpc_port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.RegisterService(service_.get());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || grpc_port_ == 0) {
     server_.reset();
-    return Unavailable("server.grpc_port: cannot listen on " + address);
+    std::string why = "server.grpc_port: cannot listen on " + address;
+    if (security_.tls.enabled()) {
+      why += " (or gRPC refused the TLS certificate " + config_.tls_cert_file + " with the key " +
+             config_.tls_key_file + ": do they match?)";
+    }
+    return Unavailable(why);
   }
   SetHealth(false);
-  spdlog::info("gRPC listening on {}:{} (health NOT_SERVING while the model loads)", config_.host, grpc_port_);
+  spdlog::info("gRPC listening on {}:{} ({}{}; API keys: {}; health NOT_SERVING while the model loads)",
+               config_.host, grpc_port_, security_.tls.enabled() ? "TLS" : "plaintext",
+               security_.tls.client_ca_pem.empty() ? "" : ", client certificates required",
+               security_.api_keys.empty() ? "off" : std::to_string(security_.api_keys.size()));
   return Status::Ok();
 }
 

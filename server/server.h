@@ -11,6 +11,8 @@
 
 #include "config/server_config.h"
 #include "engine/engine.h"
+#include "security/api_keys.h"
+#include "security/grpc_security.h"
 
 namespace grpc {
 class Server;
@@ -21,9 +23,19 @@ namespace asl::server {
 class GenerationService;
 class ServerMetrics;
 
+// What the security keys of the configuration point to, read once at startup (LoadServerSecurity).
+struct ServerSecurity {
+  std::vector<std::string> api_keys;  // empty: no authentication
+  security::ServerTls tls;            // !enabled(): plaintext gRPC
+};
+
+// Reads server.api_key_file, config::kApiKeysEnvVar and the TLS files. The error names the file
+// or variable (asl-server exits 2 with it).
+[[nodiscard]] StatusOr<ServerSecurity> LoadServerSecurity(const config::ServerConfig& config);
+
 class AslServer {
  public:
-  explicit AslServer(config::ServerConfig config);
+  explicit AslServer(config::ServerConfig config, ServerSecurity security = {});
   ~AslServer();
   AslServer(const AslServer&) = delete;
   AslServer& operator=(const AslServer&) = delete;
@@ -42,6 +54,7 @@ class AslServer {
   void SetHealth(bool serving);
 
   config::ServerConfig config_;
+  ServerSecurity security_;
   // Declaration order is destruction order reversed: the gRPC server goes first, the engine last.
   std::unique_ptr<Engine> engine_;
   std::shared_ptr<ServerMetrics> metrics_;

@@ -14,6 +14,7 @@
 #include "engine/tokenizer/chat_template.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "tools/cli_common.h"
+#include "version/cli.h"
 
 using json = nlohmann::json;
 
@@ -104,6 +105,7 @@ int main(int argc, char** argv) {
   using namespace asl;
   using namespace asl::cli;
   CLI::App app{"asl-cli: run asl-serve's engine on a local model"};
+  AddVersionFlag(&app, "asl-cli");
   app.require_subcommand(1);
   CommonOptions common;
   PromptOptions prompt;

@@ -12,7 +12,8 @@ void SetTimeout(grpc::ClientContext* ctx, double seconds) {
 
 }  // namespace
 
-Backend::Backend(const std::string& address, int max_message_bytes) : address_(address) {
+std::unique_ptr<Backend> Backend::Create(const std::string& address, int max_message_bytes,
+                                         const security::ClientSecurity& security, std::string* error) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(max_message_bytes);
   args.SetMaxSendMessageSize(max_message_bytes);
@@ -20,7 +21,13 @@ Backend::Backend(const std::string& address, int max_message_bytes) : address_(a
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::Channel> channel = security::MakeClientChannel(address, security, args, error);
+  if (channel == nullptr) return nullptr;
+  return std::make_unique<Backend>(address, std::move(channel));
+}
+
+Backend::Backend(const std::string& address, std::shared_ptr<grpc::Channel> channel)
+    : address_(address), channel_(std::move(channel)) {
   generation_ = v1::Generation::NewStub(channel_);
   health_ = grpc::health::v1::Health::NewStub(channel_);
 }

@@ -9,13 +9,18 @@
 
 #include "asl/v1/generation.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "security/grpc_security.h"
 
 namespace asl::gateway {
 
 class Backend {
  public:
-  // `address` is host:port of asl-server; `max_message_bytes` bounds messages both ways.
-  Backend(const std::string& address, int max_message_bytes);
+  // `address` is host:port of asl-server; `max_message_bytes` bounds messages both ways;
+  // `security`: the key sent on every call and TLS. nullptr with *error naming the file when a
+  // TLS file cannot be read.
+  static std::unique_ptr<Backend> Create(const std::string& address, int max_message_bytes,
+                                         const security::ClientSecurity& security, std::string* error);
+  Backend(const std::string& address, std::shared_ptr<grpc::Channel> channel);
 
   v1::Generation::Stub& generation() { return *generation_; }
   const std::string& address() const { return address_; }

@@ -3,6 +3,9 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -24,17 +27,116 @@ void SendJson(httplib::Response& res, int status, const json& body) {
 
 }  // namespace
 
-Gateway::Gateway(GatewayOptions options)
+std::unique_ptr<Gateway> Gateway::Create(GatewayOptions options, std::string* error) {
+  std::unique_ptr<httplib::Server> http;
+  if (!options.tls_cert_file.empty() || !options.tls_key_file.empty() || !options.tls_client_ca_file.empty()) {
+    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+      *error = "HTTPS needs both --tls-cert-file and --tls-key-file";
+      return nullptr;
+    }
+    // Read them first: SSLServer only says "invalid", not which file or why.
+    security::ServerTls tls;
+    if (!security::LoadServerTls(options.tls_cert_file, options.tls_key_file, options.tls_client_ca_file, &tls,
+                                 error)) {
+      return nullptr;
+    }
+    auto ssl = std::make_unique<httplib::SSLServer>(
+        options.tls_cert_file.c_str(), options.tls_key_file.c_str(),
+        options.tls_client_ca_file.empty() ? nullptr : options.tls_client_ca_file.c_str());
+    if (!ssl->is_valid()) {
+      *error = "HTTPS: OpenSSL cannot use " + options.tls_cert_file + " with " + options.tls_key_file +
+               (options.tls_client_ca_file.empty() ? "" : " and " + options.tls_client_ca_file) +
+               " (a certificate and its matching private key, PEM)";
+      return nullptr;
+    }
+    http = std::move(ssl);
+  } else {
+    http = std::make_unique<httplib::Server>();
+  }
+  std::unique_ptr<Backend> backend =
+      Backend::Create(options.backend, options.max_message_bytes, options.backend_security, error);
+  if (backend == nullptr) {
+    *error = "backend: " + *error;
+    return nullptr;
+  }
+  return std::unique_ptr<Gateway>(new Gateway(std::move(options), std::move(backend), std::move(http)));
+}
+
+Gateway::Gateway(GatewayOptions options, std::unique_ptr<Backend> backend, std::unique_ptr<httplib::Server> http)
     : options_(std::move(options)),
-      backend_(std::make_unique<Backend>(options_.backend, options_.max_message_bytes)),
-      http_(std::make_unique<httplib::Server>()) {
+      api_keys_(options_.api_keys),
+      backend_(std::move(backend)),
+      http_(std::move(http)) {
   const int num_threads = std::max(1, options_.num_threads);
   http_->new_task_queue = [num_threads] { return new httplib::ThreadPool(static_cast<size_t>(num_threads)); };
   http_->set_payload_max_length(options_.max_body_bytes);
+  // httplib applies its socket options to the listening socket only; keeping its descriptor lets
+  // BeginDrain shut it down without httplib's stop(), which also cuts running SSE streams.
+  http_->set_socket_options([this](socket_t sock) {
+    httplib::default_socket_options(sock);
+    int none = -1;
+    listen_fd_.compare_exchange_strong(none, sock);
+  });
+  InstallPreRouting();
   RegisterRoutes();
 }
 
 Gateway::~Gateway() { Stop(); }
+
+void Gateway::InstallPreRouting() {
+  const std::vector<std::string> origins = options_.cors_allow_origins;
+  const bool any_origin = std::find(origins.begin(), origins.end(), "*") != origins.end();
+  http_->set_pre_routing_handler([origins, any_origin](const httplib::Request& req, httplib::Response& res) {
+    using R = httplib::Server::HandlerResponse;
+    // CORS: the allowed origin is echoed (or "*") on every answer, errors included, so that a
+    // browser page can read them; a preflight is answered here, before any key check (browsers
+    // send no credentials on it).
+    const std::string origin = req.get_header_value("Origin");
+    const bool cors = !origin.empty() && !origins.empty() &&
+                      (any_origin || std::find(origins.begin(), origins.end(), origin) != origins.end());
+    if (!cors) return R::Unhandled;
+    res.set_header("Access-Control-Allow-Origin", any_origin ? "*" : origin);
+    if (!any_origin) res.set_header("Vary", "Origin");
+    if (req.method == "OPTIONS" && req.has_header("Access-Control-Request-Method")) {
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      const std::string asked = req.get_header_value("Access-Control-Request-Headers");
+      res.set_header("Access-Control-Allow-Headers", asked.empty() ? "Authorization, Content-Type" : asked);
+      res.set_header("Access-Control-Max-Age", "600");
+      res.status = 204;
+      return R::Handled;
+    }
+    return R::Unhandled;
+  });
+}
+
+bool Gateway::Admit(const httplib::Request& req, httplib::Response& res) const {
+  if (draining_.load()) {
+    res.set_header("Connection", "close");
+    ApiError e;
+    e.http_status = 503;
+    e.type = "service_unavailable";
+    e.message = "the gateway is shutting down; retry on another replica";
+    SendJson(res, 503, ToJson(e));
+    return false;
+  }
+  // /health stays open for probes; every other route needs a key when keys are set.
+  if (api_keys_.enabled() && req.path != "/health") {
+    const std::string auth = req.get_header_value("Authorization");
+    if (!api_keys_.CheckAuthorization(auth)) {
+      ApiError e;
+      e.http_status = 401;
+      e.type = "invalid_request_error";
+      e.code = "invalid_api_key";
+      e.message = auth.empty() ? "You didn't provide an API key. Send it in an Authorization header using Bearer "
+                                 "auth (Authorization: Bearer YOUR_KEY)."
+                               : "Incorrect API key provided.";
+      res.set_header("WWW-Authenticate", "Bearer");
+      SendJson(res, 401, ToJson(e));
+      return false;
+    }
+  }
+  return true;
+}
 
 void Gateway::RegisterRoutes() {
   const CompletionHandlerOptions handler_options{options_.model_name, options_.request_timeout_seconds};
@@ -42,7 +144,14 @@ void Gateway::RegisterRoutes() {
   // Every route goes through `route`, so that a wrong method on an existing path is a 405 with an
   // Allow header (not httplib's 404). GET routes answer HEAD too (httplib).
   std::map<std::string, std::string> allow;
-  auto route = [&](const std::string& method, const std::string& path, httplib::Server::Handler handler) {
+  auto route = [&](const std::string& method, const std::string& path, httplib::Server::Handler inner) {
+    // The drain's 503 and the key check run here, once httplib has read the body: answering from
+    // the pre-routing handler would leave a POST's body unread on a keep-alive connection, where
+    // httplib would parse it as the next request.
+    httplib::Server::Handler handler = [this, inner = std::move(inner)](const httplib::Request& req,
+                                                                         httplib::Response& res) {
+      if (Admit(req, res)) inner(req, res);
+    };
     if (method == "GET") {
       http_->Get(path, std::move(handler));
     } else {  // POST
@@ -151,13 +260,27 @@ bool Gateway::Bind() {
 }
 
 void Gateway::Serve() {
-  spdlog::info("asl-gateway listening on http://{}:{} (backend {}, {} worker threads)", options_.listen_host, port_,
-               options_.backend, options_.num_threads);
+  const bool https = !options_.tls_cert_file.empty();
+  spdlog::info("asl-gateway listening on {}://{}:{} (backend {}{}, {} worker threads; API keys: {}; CORS: {})",
+               https ? "https" : "http", options_.listen_host, port_, options_.backend,
+               options_.backend_security.tls ? " over TLS" : "", options_.num_threads,
+               options_.api_keys.empty() ? "off" : std::to_string(options_.api_keys.size()),
+               options_.cors_allow_origins.empty() ? "off" : std::to_string(options_.cors_allow_origins.size()) +
+                                                               " origin(s)");
   http_->listen_after_bind();
 }
 
 void Gateway::Stop() {
-  if (http_) http_->stop();
+  if (http_ && !draining_.load()) http_->stop();
+}
+
+void Gateway::BeginDrain() {
+  if (draining_.exchange(true)) return;
+  // Shut the listening socket down: httplib's accept() fails, its accept loop ends and it joins
+  // its workers, each finishing the request (and stream) it serves. Its stop() is not used: it
+  // also tells running chunked responses (our SSE streams) to end.
+  const int fd = listen_fd_.load();
+  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
 }
 
 }  // namespace asl::gateway

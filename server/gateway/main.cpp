@@ -1,14 +1,26 @@
 // asl-gateway: OpenAI-compatible HTTP server in front of asl-server (see gateway.h).
 //
-//   asl-gateway --backend 127.0.0.1:50051 --listen 0.0.0.0:8080 [--model-name NAME]
+//   asl-gateway --backend 127.0.0.1:50051 --listen 127.0.0.1:8080 [--model-name NAME]
+//
+// Every flag is also an environment variable ASL_GATEWAY_<FLAG> (--drain-seconds:
+// ASL_GATEWAY_DRAIN_SECONDS); a flag wins over its variable. API keys are read from files or the
+// variables ASL_GATEWAY_API_KEYS / ASL_GATEWAY_BACKEND_API_KEY, never from the command line.
+// SIGTERM/SIGINT drain (gateway.h) for up to --drain-seconds, then exit 0; a second signal exits
+// at once (status 1).
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <pthread.h>
 #include <thread>
 
+#include "security/api_keys.h"
 #include "server/gateway/gateway.h"
+#include "version/cli.h"
 
 namespace {
 
@@ -28,14 +40,26 @@ bool SplitHostPort(const std::string& s, std::string* host, int* port) {
   }
 }
 
+void FlushLogsAndExit(int status) {
+  spdlog::default_logger()->flush();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::_Exit(status);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   asl::gateway::GatewayOptions options;
-  std::string listen = "0.0.0.0:8080";
+  std::string listen = "127.0.0.1:8080";
   std::string log_level = "info";
+  std::string api_key_file, backend_api_key_file;
+  // How long a SIGTERM lets requests and streams in flight finish (asl-server's drain is 30 s).
+  double drain_seconds = 30;
+  asl::security::ClientSecurity& backend = options.backend_security;
   CLI::App app{"asl-gateway: OpenAI-compatible HTTP/SSE front end of asl-server (a gRPC client)"};
-  app.add_option("--listen", listen, "HTTP address to listen on, host:port (port 0: any free port)")
+  app.add_option("--listen", listen,
+                 "HTTP address to listen on, host:port (port 0: any free port; 0.0.0.0:PORT: all interfaces)")
       ->capture_default_str();
   app.add_option("--backend", options.backend, "asl-server gRPC address, host:port")->capture_default_str();
   app.add_option("--model-name", options.model_name,
@@ -52,9 +76,38 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-message-bytes", options.max_message_bytes, "Largest gRPC message sent or received")
       ->capture_default_str();
+  app.add_option("--drain-seconds,--drain-timeout", drain_seconds,
+                 "On SIGTERM/SIGINT: stop accepting, let requests and streams in flight finish for up to this "
+                 "many seconds, then exit 0 (a second signal exits at once)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--api-key-file", api_key_file,
+                 "File of API keys, one per line, clients must send as 'Authorization: Bearer KEY' (401 "
+                 "otherwise; /health stays open); keys may also be given in ASL_GATEWAY_API_KEYS "
+                 "(comma separated). Default: no keys");
+  app.add_option("--tls-cert-file", options.tls_cert_file, "HTTPS: certificate chain (PEM); default: plain HTTP");
+  app.add_option("--tls-key-file", options.tls_key_file, "HTTPS: the certificate's private key (PEM)");
+  app.add_option("--tls-client-ca-file", options.tls_client_ca_file,
+                 "HTTPS: require client certificates signed by this CA (PEM)");
+  app.add_option("--cors-allow-origin", options.cors_allow_origins,
+                 "Origin allowed to call from a browser (repeatable or comma separated; * = any): answers "
+                 "preflight OPTIONS and adds Access-Control-Allow-Origin. Default: none (no CORS headers)")
+      ->delimiter(',');
+  app.add_option("--backend-api-key-file", backend_api_key_file,
+                 "File whose first key is sent to asl-server as 'authorization: Bearer KEY' (or the key in "
+                 "ASL_GATEWAY_BACKEND_API_KEY)");
+  app.add_flag("--backend-tls", backend.tls, "TLS to asl-server (implied by --backend-ca-file)");
+  app.add_option("--backend-ca-file", backend.ca_file, "TLS: CA certificates (PEM) asl-server's certificate must "
+                                                       "chain to; default with --backend-tls: the system's");
+  app.add_option("--backend-cert-file", backend.cert_file, "TLS: client certificate (PEM) for mutual TLS");
+  app.add_option("--backend-key-file", backend.key_file, "TLS: the client certificate's private key (PEM)");
+  app.add_option("--backend-tls-server-name", backend.server_name,
+                 "TLS: the name asl-server's certificate must carry (default: the --backend host)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  asl::AddVersionFlag(&app, "asl-gateway");
+  asl::SetEnvNames(&app, "ASL_GATEWAY_");
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));
@@ -62,6 +115,19 @@ int main(int argc, char** argv) {
     spdlog::error("--listen: expected host:port, got '{}'", listen);
     return 2;
   }
+  std::string error;
+  if (!asl::security::LoadApiKeys(api_key_file, "ASL_GATEWAY_API_KEYS", &options.api_keys, &error)) {
+    std::fprintf(stderr, "asl-gateway: %s%s\n", api_key_file.empty() ? "" : "--api-key-file: ", error.c_str());
+    return 2;
+  }
+  std::vector<std::string> backend_keys;
+  if (!asl::security::LoadApiKeys(backend_api_key_file, "ASL_GATEWAY_BACKEND_API_KEY", &backend_keys, &error)) {
+    std::fprintf(stderr, "asl-gateway: %s%s\n", backend_api_key_file.empty() ? "" : "--backend-api-key-file: ",
+                 error.c_str());
+    return 2;
+  }
+  if (!backend_keys.empty()) backend.api_key = backend_keys.front();
+  if (!backend.ca_file.empty() || !backend.cert_file.empty()) backend.tls = true;
 
   // A client that goes away mid-stream must fail our write, not kill the process.
   std::signal(SIGPIPE, SIG_IGN);
@@ -73,16 +139,37 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  asl::gateway::Gateway gateway(options);
-  if (!gateway.Bind()) return 1;
-  std::thread signal_thread([&] {
+  std::unique_ptr<asl::gateway::Gateway> gateway = asl::gateway::Gateway::Create(options, &error);
+  if (gateway == nullptr) {
+    std::fprintf(stderr, "asl-gateway: %s\n", error.c_str());
+    return 2;
+  }
+  if (!gateway->Bind()) return 1;
+  asl::gateway::Gateway* gw = gateway.get();
+  std::thread signal_thread([gw, &signals, drain_seconds] {
     int sig = 0;
     sigwait(&signals, &sig);
-    spdlog::info("signal {}: stopping", sig);
-    gateway.Stop();
+    spdlog::info("signal {}: draining for up to {:g} s (new connections refused, requests in flight finish; a "
+                 "second signal exits at once)",
+                 sig, drain_seconds);
+    gw->BeginDrain();
+    timespec grace{};
+    grace.tv_sec = static_cast<time_t>(drain_seconds);
+    grace.tv_nsec = static_cast<long>((drain_seconds - static_cast<double>(grace.tv_sec)) * 1e9);
+    int again = -1;
+    do {
+      again = sigtimedwait(&signals, nullptr, &grace);  // EINTR: a non-blocked signal; wait on
+    } while (again < 0 && errno == EINTR);
+    if (again > 0) {
+      std::fprintf(stderr, "asl-gateway: second signal %d during the drain: exiting now\n", again);
+      FlushLogsAndExit(1);
+    }
+    spdlog::warn("drain: {:g} s passed with requests still in flight: exiting, which cuts them", drain_seconds);
+    FlushLogsAndExit(0);
   });
   signal_thread.detach();  // exits the process with main; it owns nothing
-  gateway.Serve();
-  spdlog::info("asl-gateway stopped");
+  gateway->Serve();
+  spdlog::info("asl-gateway stopped{}", gateway->draining() ? ": drained, every request in flight finished" : "");
+  spdlog::default_logger()->flush();
   return 0;
 }

@@ -1,9 +1,6 @@
 """deploy/grafana/asl-serve.json against the live server: every PromQL expression (panels and
 template variables) parses, names only metrics that a real asl-server on the default model exports
-on /metrics, and uses only labels those metrics carry (or that Prometheus adds at scrape time).
-The dashboard is written for the metric names of issue 16 item 5 (asl_kv_blocks_capacity, a
-model_name label on engine metrics, asl_build_info, process_*): until that lands, the failure
-names exactly which of them the server does not export yet."""
+on /metrics, and uses only labels those metrics carry (or that Prometheus adds at scrape time)."""
 import importlib.util
 import json
 import re
@@ -17,16 +14,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "asl-serve.json"
 # Labels Prometheus attaches to every scraped series (and the ServiceMonitor's Kubernetes ones).
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
-# Names the dashboard uses that come with issue 16 item 5 (the metrics branch).
-FROM_METRICS_BRANCH = {
-    "asl_kv_blocks_capacity": "renamed from asl_kv_blocks_total (a gauge named like a counter)",
-    "asl_build_info": "new build-info gauge",
-    "process_cpu_seconds_total": "standard process metrics",
-    "process_resident_memory_bytes": "standard process metrics",
-    "process_open_fds": "standard process metrics",
-    "process_start_time_seconds": "standard process metrics",
-    "model_name": "label on every engine metric",
-}
 GRAFANA_VARS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
 
 
@@ -133,22 +120,14 @@ def scrape(tmp_path_factory):
 
 def test_every_metric_and_label_is_exported(scrape):
     _, queries = dashboard_queries()
-    problems, branch = [], set()
+    problems = []
     for where, expr in queries:
         metrics, labels = references(substitute(expr))
         for m in sorted(metrics):
             if m not in scrape:
-                (branch.add(m) if m in FROM_METRICS_BRANCH else problems.append(f"{where}: {m} is not exported"))
+                problems.append(f"{where}: {m} is not exported")
         present = [m for m in metrics if m in scrape]
         for label in sorted(labels - TARGET_LABELS):
             if present and not any(label in scrape[m] for m in present):
-                if label in FROM_METRICS_BRANCH:
-                    branch.add(label)
-                else:
-                    problems.append(f"{where}: label {label} is on none of {sorted(present)}")
-    msg = []
-    if branch:
-        msg.append("names of issue 16 item 5 (metrics branch) that this server does not export yet: "
-                   + ", ".join(f"{n} ({FROM_METRICS_BRANCH[n]})" for n in sorted(branch)))
-    msg += problems
-    assert not msg, "\n".join(msg)
+                problems.append(f"{where}: label {label} is on none of {sorted(present)}")
+    assert not problems, "\n".join(problems)

@@ -70,6 +70,9 @@ def test_binaries_start_from_the_layout(stage):
     for b in ["asl-server", "asl-gateway", "asl-cli", "asl-loadtest"]:
         r = subprocess.run([str(stage / "bin" / b), "--help"], capture_output=True, text=True, env=clean_env(), timeout=120)
         assert r.returncode == 0, f"{b} --help: {r.returncode}\n{r.stderr}"
+        r = subprocess.run([str(stage / "bin" / b), "--version"], capture_output=True, text=True, env=clean_env(),
+                           timeout=120)
+        assert r.returncode == 0 and r.stdout.startswith(b + " "), f"{b} --version: {r.returncode}\n{r.stdout}{r.stderr}"
 
 
 def runtime_packages():

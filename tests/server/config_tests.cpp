@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -20,7 +21,17 @@ std::string WriteTemp(const std::string& name, const std::string& text) {
   return path;
 }
 
-StatusOr<ParsedArgs> Parse(std::vector<std::string> args) { return ParseServerArgs(args); }
+// No environment: the tests' own process environment must not leak in.
+StatusOr<ParsedArgs> Parse(std::vector<std::string> args) {
+  return ParseServerArgs(args, [](const char*) -> const char* { return nullptr; });
+}
+
+StatusOr<ParsedArgs> ParseWithEnv(std::vector<std::string> args, std::map<std::string, std::string> env) {
+  return ParseServerArgs(args, [env](const char* name) -> const char* {
+    auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  });
+}
 
 // Expects an INVALID_ARGUMENT whose message contains every one of `needles`.
 void ExpectError(const Status& st, std::vector<std::string> needles) {
@@ -38,7 +49,9 @@ TEST(ServerConfig, BuiltInDefaults) {
   EXPECT_EQ(c.engine.device, "cpu");
   EXPECT_EQ(c.engine.dtype, "auto");
   EXPECT_EQ(c.engine.num_threads, 0);
-  EXPECT_EQ(c.host, "0.0.0.0");
+  EXPECT_EQ(c.host, "127.0.0.1");  // loopback unless told otherwise
+  EXPECT_TRUE(c.api_key_file.empty() && c.tls_cert_file.empty() && c.tls_key_file.empty() &&
+              c.tls_client_ca_file.empty());
   EXPECT_EQ(c.grpc_port, 50051);
   EXPECT_EQ(c.metrics_port, 9090);
   EXPECT_EQ(c.http_port, 8080);
@@ -274,6 +287,58 @@ TEST(ServerConfig, HelpListsEveryKeyWithDefault) {
   EXPECT_NE(help.find("--pruning.policy (full|snapkv|fastkv|gemfilter|asl|asl_2pass, default full)"),
             std::string::npos);
   EXPECT_NE(help.find("--config FILE"), std::string::npos);
+}
+
+// Precedence: defaults < file < environment < flags; every key has its variable.
+TEST(ServerConfig, EnvironmentBetweenFileAndFlags) {
+  const std::string path = WriteTemp("env.yaml", "server:\n  grpc_port: 6000\n  metrics_port: 6001\nlog:\n  level: warn\n");
+  StatusOr<ParsedArgs> r = ParseWithEnv({"--config", path, "--server.metrics_port=7001"},
+                                        {{"ASL_SERVER_SERVER_GRPC_PORT", "6500"},
+                                         {"ASL_SERVER_SERVER_METRICS_PORT", "6501"},
+                                         {"ASL_SERVER_KV_CACHE_BYTES", "256MiB"},
+                                         {"ASL_SERVER_LOG_LEVEL", ""},  // empty: unset
+                                         {"ASL_SERVER_BIN", "/not/a/key"}});  // not a key: ignored
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->config.grpc_port, 6500);              // env over file
+  EXPECT_EQ(r->config.metrics_port, 7001);           // flag over env
+  EXPECT_EQ(r->config.engine.kv_cache_bytes, 256LL << 20);
+  EXPECT_EQ(r->config.log_level, "warn");            // file, the variable being empty
+  EXPECT_EQ(EnvVarForKey("kv_cache.bytes"), "ASL_SERVER_KV_CACHE_BYTES");
+  EXPECT_EQ(EnvVarForKey("server.host"), "ASL_SERVER_SERVER_HOST");
+  const std::string help = ServerHelpText("asl-server");
+  for (const std::string& key : ServerConfigKeys()) {
+    EXPECT_NE(help.find("[env " + EnvVarForKey(key) + "]"), std::string::npos) << key;
+    StatusOr<std::string> v = GetConfigValue(key, ServerConfig());
+    ASSERT_TRUE(v.ok());
+    if (v->empty()) continue;  // an empty variable is unset
+    StatusOr<ParsedArgs> e = ParseWithEnv({}, {{EnvVarForKey(key), *v}});
+    ASSERT_TRUE(e.ok()) << key << ": " << e.status().ToString();
+  }
+}
+
+TEST(ServerConfig, EnvironmentErrorsNameTheVariable) {
+  ExpectError(ParseWithEnv({}, {{"ASL_SERVER_SCHEDULER_MAX_NUM_SEQS", "zero"}}).status(),
+              {"ASL_SERVER_SCHEDULER_MAX_NUM_SEQS", "scheduler.max_num_seqs", "integer"});
+  const std::string path = WriteTemp("envcfg.yaml", "server:\n  grpc_port: 6100\n");
+  StatusOr<ParsedArgs> r = ParseWithEnv({}, {{"ASL_SERVER_CONFIG", path}});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->config.grpc_port, 6100);
+  EXPECT_EQ(r->config.config_file, path);
+  ExpectError(ParseWithEnv({}, {{"ASL_SERVER_CONFIG", "/nonexistent.yaml"}}).status(),
+              {"ASL_SERVER_CONFIG", "/nonexistent.yaml"});
+}
+
+TEST(ServerConfig, VersionFlag) {
+  StatusOr<ParsedArgs> r = Parse({"--version"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->version);
+}
+
+TEST(ServerConfig, TlsNeedsCertificateAndKey) {
+  ExpectError(Parse({"--server.tls_cert_file=/c.pem"}).status(), {"server.tls_key_file", "both"});
+  ExpectError(Parse({"--server.tls_key_file=/k.pem"}).status(), {"server.tls_cert_file", "both"});
+  ExpectError(Parse({"--server.tls_client_ca_file=/ca.pem"}).status(), {"server.tls_client_ca_file"});
+  EXPECT_TRUE(Parse({"--server.tls_cert_file=/c.pem", "--server.tls_key_file=/k.pem"}).ok());
 }
 
 TEST(ParseSize, Suffixes) {

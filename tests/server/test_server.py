@@ -499,6 +499,8 @@ def test_metrics_labels_and_process_metrics(server):
             if "le" in labels and labels["le"] != "+Inf":
                 assert labels["le"] == repr(float(labels["le"])).removesuffix(".0") or \
                     labels["le"] == repr(float(labels["le"])), f"{n}: inexact bucket label le={labels['le']}"
+    (_, build, value), = m["asl_build_info"]
+    assert value == 1 and build["version"] and build["revision"] and build["model_name"] == MODEL_NAME, build
     ratio_les = {l["le"] for n, l, _ in m["asl_kv_kept_ratio"] if n.endswith("_bucket")}
     assert {"0.05", "0.15", "0.95", "1", "+Inf"} <= ratio_les, sorted(ratio_les)
     for name in PROCESS_METRICS:
