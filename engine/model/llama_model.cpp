@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <initializer_list>
 #include <optional>
+#include <vector>
 
 #include "engine/model/linear.h"
 
@@ -34,8 +36,71 @@ at::Tensor RopeInverseFrequencies(const ModelConfig& c) {
   return inv_freq.contiguous();
 }
 
+namespace {
+
+// Whether the packed copies of projections that share an input can be concatenated: all packed in
+// one block type and width, or none packed (then only the float tensors fuse).
+bool SamePacking(std::initializer_list<const PackedWeight*> parts) {
+  const PackedWeight& first = **parts.begin();
+  for (const PackedWeight* p : parts) {
+    if (p->defined() != first.defined()) return false;
+    if (p->defined() && (p->type != first.type || p->cols != first.cols)) return false;
+  }
+  return true;
+}
+
+// Concatenates [N_i, K] tensors along rows and replaces each part by its row range of the result
+// (a view: the parts' own storage is freed, so fusing holds no second copy of the weights).
+at::Tensor FuseRows(std::initializer_list<at::Tensor*> parts) {
+  std::vector<at::Tensor> list;
+  for (at::Tensor* t : parts) list.push_back(*t);
+  at::Tensor fused = at::cat(list, 0);
+  int64_t row = 0;
+  for (at::Tensor* t : parts) {
+    const int64_t n = t->size(0);
+    *t = fused.narrow(0, row, n);
+    row += n;
+  }
+  return fused;
+}
+
+PackedWeight FusePacked(std::initializer_list<PackedWeight*> parts) {
+  if (!(*parts.begin())->defined()) return {};
+  PackedWeight out;
+  out.type = (*parts.begin())->type;
+  out.cols = (*parts.begin())->cols;
+  std::vector<at::Tensor*> bytes;
+  for (PackedWeight* p : parts) bytes.push_back(&p->bytes);
+  if (bytes.size() == 2) {
+    out.bytes = FuseRows({bytes[0], bytes[1]});
+  } else {
+    out.bytes = FuseRows({bytes[0], bytes[1], bytes[2]});
+  }
+  return out;
+}
+
+// Q/K/V and gate/up read the same input: one projection each (linear.h computes every output element
+// in the same order whatever N is, so decode results are bit-identical to the separate projections).
+void FuseProjections(LayerWeights& l) {
+  const bool bias = l.bq.defined() && l.bk.defined() && l.bv.defined();
+  const bool no_bias = !l.bq.defined() && !l.bk.defined() && !l.bv.defined();
+  if (SamePacking({&l.packed_wq, &l.packed_wk, &l.packed_wv}) && (bias || no_bias) &&
+      l.wq.scalar_type() == l.wk.scalar_type() && l.wk.scalar_type() == l.wv.scalar_type()) {
+    l.wqkv = FuseRows({&l.wq, &l.wk, &l.wv});
+    if (bias) l.bqkv = FuseRows({&l.bq, &l.bk, &l.bv});
+    l.packed_qkv = FusePacked({&l.packed_wq, &l.packed_wk, &l.packed_wv});
+  }
+  if (SamePacking({&l.packed_gate, &l.packed_up}) && l.w_gate.scalar_type() == l.w_up.scalar_type()) {
+    l.w_gate_up = FuseRows({&l.w_gate, &l.w_up});
+    l.packed_gate_up = FusePacked({&l.packed_gate, &l.packed_up});
+  }
+}
+
+}  // namespace
+
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
+  for (LayerWeights& l : weights_.layers) FuseProjections(l);
   inv_freq_ = RopeInverseFrequencies(config_).to(weights_.tok_embeddings.device());
   bool all_packed = weights_.packed_lm_head.defined();
   for (const LayerWeights& l : weights_.layers) {
@@ -85,12 +150,18 @@ Qkv LlamaModel::AttentionInputs(int layer, const at::Tensor& x, const Rope& rope
   const LayerWeights& w = weights_.layers[layer];
   const int64_t T = x.size(0);
   at::Tensor h = RmsNorm(x, w.attn_norm);
-  at::Tensor q = Linear(h, w.wq, w.bq, w.packed_wq, rows);
-  at::Tensor k = Linear(h, w.wk, w.bk, w.packed_wk, rows);
-  at::Tensor v = Linear(h, w.wv, w.bv, w.packed_wv, rows);
-  q = q.view({T, config_.num_heads, config_.head_dim});
-  k = k.view({T, config_.num_kv_heads, config_.head_dim});
-  v = v.view({T, config_.num_kv_heads, config_.head_dim});
+  const int64_t H = config_.num_heads, Hkv = config_.num_kv_heads, d = config_.head_dim;
+  at::Tensor q, k, v;
+  if (w.wqkv.defined()) {  // one GEMM (prefill) or one streaming pass (decode) for all three
+    at::Tensor qkv = Linear(h, w.wqkv, w.bqkv, w.packed_qkv, rows).view({T, H + 2 * Hkv, d});
+    q = qkv.narrow(1, 0, H);
+    k = qkv.narrow(1, H, Hkv);
+    v = qkv.narrow(1, H + Hkv, Hkv).contiguous();  // q and k become new tensors in ApplyRope
+  } else {
+    q = Linear(h, w.wq, w.bq, w.packed_wq, rows).view({T, H, d});
+    k = Linear(h, w.wk, w.bk, w.packed_wk, rows).view({T, Hkv, d});
+    v = Linear(h, w.wv, w.bv, w.packed_wv, rows).view({T, Hkv, d});
+  }
   return Qkv{ApplyRope(q, rope), ApplyRope(k, rope), v};
 }
 
@@ -135,8 +206,17 @@ at::Tensor LlamaModel::AttentionOutput(int layer, const at::Tensor& attn, Rows r
 at::Tensor LlamaModel::Mlp(int layer, const at::Tensor& x, Rows rows) const {
   const LayerWeights& w = weights_.layers[layer];
   at::Tensor h = RmsNorm(x, w.ffn_norm);
-  at::Tensor gate = at::silu(Linear(h, w.w_gate, {}, w.packed_gate, rows));
-  return Linear(gate * Linear(h, w.w_up, {}, w.packed_up, rows), w.w_down, {}, w.packed_down, rows);
+  at::Tensor gate, up;
+  if (w.w_gate_up.defined()) {
+    const int64_t F = w.w_gate.size(0);
+    at::Tensor gu = Linear(h, w.w_gate_up, {}, w.packed_gate_up, rows);
+    gate = gu.narrow(1, 0, F);
+    up = gu.narrow(1, F, F);
+  } else {
+    gate = Linear(h, w.w_gate, {}, w.packed_gate, rows);
+    up = Linear(h, w.w_up, {}, w.packed_up, rows);
+  }
+  return Linear(at::silu(gate) * up, w.w_down, {}, w.packed_down, rows);
 }
 
 at::Tensor LlamaModel::Logits(const at::Tensor& x) const {

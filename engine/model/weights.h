@@ -37,6 +37,12 @@ struct LayerWeights {
   at::Tensor w_down;     // [hidden, ffn]
   // The packed copies of the seven projections (PackedWeight), where there are any.
   PackedWeight packed_wq, packed_wk, packed_wv, packed_wo, packed_gate, packed_up, packed_down;
+  // Fused projections, set by LlamaModel (undefined as loaded): wqkv = [wq; wk; wv] ([(H+2Hkv)*d,
+  // hidden]) with bqkv and packed_qkv, w_gate_up = [w_gate; w_up] with packed_gate_up. When set, the
+  // parts above are row views of these (no second copy). Left undefined when the parts cannot share
+  // one kernel (different block types, some packed and some not).
+  at::Tensor wqkv, bqkv, w_gate_up;
+  PackedWeight packed_qkv, packed_gate_up;
 };
 
 struct ModelWeights {

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "engine/model/linear.h"
+#include "engine/model/llama_model.h"
 #include "engine/model/model_loader.h"
 #include "engine/model/quant.h"
 #include "engine/model/safetensors.h"
@@ -581,6 +582,61 @@ TEST(DefaultModel, LoadsWithExpectedConfig) {
   EXPECT_EQ(m->gguf_tokenizer->eos_id, 2);
   EXPECT_EQ(m->gguf_tokenizer->pre, "smollm");
   EXPECT_FALSE(m->gguf_tokenizer->chat_template.empty());
+}
+
+
+// LlamaModel fuses Q/K/V and gate/up into one projection each where the parts can share a kernel
+// (all packed in one block type, or none packed): the parts become row views of the fused tensors
+// (no second copy), and the fused streaming projection is bit-identical to the separate ones.
+void ExpectFusedLayer(const LayerWeights& l, const std::string& what) {
+  ASSERT_TRUE(l.wqkv.defined()) << what;
+  EXPECT_EQ(l.wq.data_ptr(), l.wqkv.data_ptr()) << what;
+  EXPECT_EQ(l.wqkv.size(0), l.wq.size(0) + l.wk.size(0) + l.wv.size(0)) << what;
+  EXPECT_TRUE(at::equal(l.wqkv.narrow(0, l.wq.size(0), l.wk.size(0)), l.wk)) << what;
+  ASSERT_TRUE(l.w_gate_up.defined()) << what;
+  EXPECT_EQ(l.w_gate.data_ptr(), l.w_gate_up.data_ptr()) << what;
+  if (!l.packed_qkv.defined()) return;
+  EXPECT_EQ(l.packed_wq.bytes.data_ptr(), l.packed_qkv.bytes.data_ptr()) << what;
+  for (int64_t M : {1, 3}) {
+    const at::Tensor x = at::randn({M, l.wq.size(1)});
+    const at::Tensor separate = at::cat({StreamingLinear(x, l.packed_wq), StreamingLinear(x, l.packed_wk),
+                                         StreamingLinear(x, l.packed_wv)}, 1);
+    EXPECT_TRUE(at::equal(StreamingLinear(x, l.packed_qkv), separate)) << what << " M=" << M;
+    const at::Tensor gu = at::cat({StreamingLinear(x, l.packed_gate), StreamingLinear(x, l.packed_up)}, 1);
+    EXPECT_TRUE(at::equal(StreamingLinear(x, l.packed_gate_up), gu)) << what << " M=" << M;
+  }
+}
+
+TEST(Load, LlamaModelFusesProjectionsThatShareAKernel) {
+  const std::string dir = TinyDir();
+  ASSERT_FALSE(dir.empty());
+  auto m = LoadModel(dir + "/llama.gguf", at::kCPU, at::kFloat);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  LlamaModel model(m->config, std::move(m->weights));
+  // The tiny llama mixes types (make_tiny_models.py): layer 0's q, k are F32 and v F16 (none packed:
+  // the float tensors fuse), its gate Q4_1 (packed) and up Q4_K (not): a mixed pair stays separate.
+  // Layer 1: q Q8_0 (packed), k BF16, v Q4_K: separate; gate F16 and up BF16: fused.
+  const LayerWeights& l0 = model.weights().layers[0];
+  ASSERT_TRUE(l0.wqkv.defined());
+  EXPECT_FALSE(l0.packed_qkv.defined());
+  EXPECT_EQ(l0.wv.data_ptr<float>(), l0.wqkv.data_ptr<float>() + (l0.wq.size(0) + l0.wk.size(0)) * l0.wq.size(1));
+  EXPECT_FALSE(l0.w_gate_up.defined());
+  EXPECT_TRUE(l0.packed_gate.defined());
+  const LayerWeights& l1 = model.weights().layers[1];
+  EXPECT_FALSE(l1.wqkv.defined());
+  EXPECT_TRUE(l1.packed_wq.defined());
+  ASSERT_TRUE(l1.w_gate_up.defined());
+  EXPECT_EQ(l1.w_gate.data_ptr(), l1.w_gate_up.data_ptr());
+}
+
+TEST(DefaultModel, FusedProjectionsAreViewsAndBitIdentical) {
+  const std::string path = ASL_DEFAULT_MODEL;
+  if (!fs::exists(path)) GTEST_SKIP() << path << " is missing";
+  auto m = LoadModel(path, at::kCPU, at::kFloat);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  LlamaModel model(m->config, std::move(m->weights));
+  for (int i : {0, 29}) ExpectFusedLayer(model.weights().layers[i], "layer " + std::to_string(i));
+  for (const LayerWeights& l : model.weights().layers) EXPECT_TRUE(l.packed_qkv.defined() && l.packed_gate_up.defined());
 }
 
 }  // namespace
