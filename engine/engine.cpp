@@ -232,8 +232,8 @@ Status EngineImpl::Init() {
   if (config_.max_model_len <= 0 || config_.max_model_len > mc.max_position_embeddings) {
     config_.max_model_len = static_cast<int>(mc.max_position_embeddings);
   }
-  outputs_ = std::make_unique<OutputProcessor>(tokenizer_->stop_token_ids(), config_.max_model_len, kv_.get(),
-                                               scheduler_.get(), metrics_.get(), &waiting_);
+  outputs_ = std::make_unique<OutputProcessor>(tokenizer_->stop_token_ids(), config_.max_model_len, tokenizer_.get(),
+                                               kv_.get(), scheduler_.get(), metrics_.get(), &waiting_);
 
   info_.name = mc.name;
   info_.arch = model::ArchName(mc.arch);
@@ -273,6 +273,24 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   }
   ASL_RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, mc.vocab_size));
   ASL_RETURN_IF_ERROR(ResolvePruningParams(&request.pruning, static_cast<int>(mc.num_layers)));
+  const std::vector<int64_t> prompt_kv = prune::KvTokensUpperBounds(request.pruning, static_cast<int>(mc.num_layers), n);
+  if (request.sampling.max_tokens == 0) {
+    // As many as the context leaves (vLLM's default), and no more than the pool can ever hold for
+    // this request alone: the largest m whose lifetime bound fits the whole pool (monotonic in m).
+    int64_t lo = 0, hi = config_.max_model_len - n;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      if (accounting_->Bounds(prompt_kv, mid).lifetime <= pool_->num_blocks_total()) lo = mid;
+      else hi = mid - 1;
+    }
+    if (lo < 1) {
+      return OutOfRange("prompt: " + std::to_string(n) + " tokens leave no room for output in the context (" +
+                        std::to_string(config_.max_model_len) + ") or the KV pool (" +
+                        std::to_string(pool_->num_blocks_total()) + " blocks) under policy " +
+                        PolicyName(request.pruning.policy));
+    }
+    request.sampling.max_tokens = static_cast<int>(lo);
+  }
   if (n + request.sampling.max_tokens > config_.max_model_len) {
     return OutOfRange("sampling.max_tokens: prompt (" + std::to_string(n) + " tokens) + max_tokens (" +
                            std::to_string(request.sampling.max_tokens) + ") exceeds the context length (" +
@@ -280,8 +298,7 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   }
   // Reject what could never run even alone in an empty pool: not RESOURCE_EXHAUSTED, which
   // clients retry (OpenAI's SDK does on 429); retrying cannot help, a smaller kv_budget can.
-  const sched::RequestBlocks blocks = accounting_->Bounds(
-      prune::KvTokensUpperBounds(request.pruning, static_cast<int>(mc.num_layers), n), request.sampling.max_tokens);
+  const sched::RequestBlocks blocks = accounting_->Bounds(prompt_kv, request.sampling.max_tokens);
   if (blocks.lifetime > pool_->num_blocks_total()) {
     return OutOfRange("prompt: " + std::to_string(n) + " tokens with max_tokens " +
                              std::to_string(request.sampling.max_tokens) + " need " + std::to_string(blocks.lifetime) +

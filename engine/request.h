@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/common/pruning_knobs.h"
@@ -35,11 +36,16 @@ struct SamplingParams {
   double repetition_penalty = 1.0;   // > 0; 1 = off (HF semantics, over prompt and output)
   double presence_penalty = 0.0;     // [-2, 2] (OpenAI semantics, over output)
   double frequency_penalty = 0.0;    // [-2, 2]
-  int max_tokens = 256;              // >= 1
+  // >= 1; 0: as many as the context leaves after the prompt, capped to what the KV pool can hold
+  // for this request alone (resolved by Submit; under reserve admission it reserves all of that).
+  int max_tokens = 256;
   std::vector<std::string> stop;     // stop strings: matched across tokens, never emitted
   std::vector<TokenId> stop_token_ids;
   bool ignore_eos = false;
   int logprobs = 0;                  // top-n logprobs per generated token, 0..20
+  // OpenAI logit_bias: (token id, bias in [-100, 100]) added to the logits after the penalties,
+  // before greedy/temperature (ids unique, in the vocabulary). Logprobs stay those of the raw logits.
+  std::vector<std::pair<TokenId, float>> logit_bias;
 };
 
 Status ValidateSamplingParams(const SamplingParams& p, int64_t vocab_size);
@@ -57,6 +63,14 @@ struct GenerateRequest {
 struct TokenLogprob {
   TokenId token_id = 0;
   float logprob = 0.f;
+  // Filled by the OutputProcessor (the sampler leaves them empty). Sampled token: the text it adds
+  // to the output as the output is detokenized (the characters it completes: "" for a token that
+  // holds only the first bytes of a character, "" for a control token the text skips), so a
+  // request's token texts concatenate to its text before stop strings are withheld; `bytes` its
+  // own bytes in the output (empty when skipped). Alternative: the token decoded alone (an
+  // incomplete character as U+FFFD, a control token as its text) and its raw bytes.
+  std::string text;
+  std::string bytes;
 };
 
 struct TokenChunk {

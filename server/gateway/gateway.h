@@ -1,8 +1,11 @@
 // asl-gateway: the OpenAI-compatible HTTP front of asl-server (docs/architecture.md).
 //
 //   POST /v1/chat/completions, POST /v1/completions   JSON or SSE (stream: true)
-//   GET  /v1/models                                   the served model
+//   GET  /v1/models, GET /v1/models/{id}              the served model (404 for another id)
+//   POST /tokenize, POST /detokenize                  vLLM's shapes, by asl-server's tokenizer
+//   GET  /version                                     {"version": ...}
 //   GET  /health                                      200 when the backend's gRPC health is SERVING
+// Every response carries x-request-id (request_id.h).
 //
 // Threads: cpp-httplib's listener thread accepts; each HTTP connection is served by one thread of
 // a pool of `num_threads`, which also runs that request's blocking gRPC call. A streaming request

@@ -48,7 +48,7 @@ TEST(ValidateSamplingParams, EachFieldIsNamed) {
                  "sampling.repetition_penalty: must be finite and > 0 (1 = off), got 0");
   ExpectRejected([](auto& p) { p.presence_penalty = 2.5; }, "sampling.presence_penalty: must be in [-2, 2], got 2.5");
   ExpectRejected([](auto& p) { p.frequency_penalty = -3; }, "sampling.frequency_penalty: must be in [-2, 2], got -3");
-  ExpectRejected([](auto& p) { p.max_tokens = 0; }, "sampling.max_tokens: must be >= 1, got 0");
+  ExpectRejected([](auto& p) { p.max_tokens = -1; }, "sampling.max_tokens: must be >= 1, or 0 for the rest of the context, got -1");
   ExpectRejected([](auto& p) { p.stop_token_ids = {5, 1000}; },
                  "sampling.stop_token_ids[1]: token id 1000 outside the vocabulary [0, 1000)");
   ExpectRejected([](auto& p) { p.stop_token_ids = {-1}; },
