@@ -273,6 +273,17 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   }
   ASL_RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, mc.vocab_size));
   ASL_RETURN_IF_ERROR(ResolvePruningParams(&request.pruning, static_cast<int>(mc.num_layers)));
+  if (request.prompt_logprobs != -1) {
+    if (!(request.prompt_logprobs >= 0 && request.prompt_logprobs <= 20)) {
+      return InvalidArgument("prompt_logprobs: must be in [0, 20] (or unset), got " +
+                             std::to_string(request.prompt_logprobs));
+    }
+    if (Policy(request.pruning.policy).selects) {
+      return InvalidArgument(std::string("prompt_logprobs: needs a policy that keeps every prompt row (full or snapkv), "
+                                         "not ") + PolicyName(request.pruning.policy));
+    }
+    request.cache_prompt = false;  // a cached prefix's rows are never computed
+  }
   const std::vector<int64_t> prompt_kv = prune::KvTokensUpperBounds(request.pruning, static_cast<int>(mc.num_layers), n);
   if (request.sampling.max_tokens == 0) {
     // As many as the context leaves (vLLM's default), and no more than the pool can ever hold for
@@ -507,7 +518,8 @@ void EngineImpl::StartPrefill(const std::vector<sched::Sequence*>& seqs) {
                                                       mc.num_kv_heads, s->num_prompt_tokens);
     e.prefill_seconds = 0;
     batch.push_back(runner::PrefillSeq{static_cast<kv::SeqId>(s->id), e.request.prompt_ids, e.policy.get(),
-                                       e.request.cache_prompt && pool_->cache_enabled()});
+                                       e.request.cache_prompt && pool_->cache_enabled(),
+                                       s->output_ids.empty() ? e.request.prompt_logprobs : -1});
   }
   StatusOr<runner::PrefillJob> job = runner_->StartPrefill(std::move(batch));
   if (!job.ok()) {
@@ -544,8 +556,9 @@ void EngineImpl::AdvancePrefill(double budget, StepStats& step) {
   std::vector<sample::SamplerState*> states;
   std::vector<int64_t> rows;
   for (size_t i = 0; i < slice->done.size(); ++i) {
-    const runner::PrefilledSeq& d = slice->done[i];
+    runner::PrefilledSeq& d = slice->done[i];
     Entry& e = *outputs_->Find(static_cast<RequestId>(d.seq));
+    if (e.seq.output_ids.empty()) e.prompt_logprobs = std::move(d.prompt_logprobs);
     sched::Sequence& s = e.seq;
     scheduler_->MarkPrefilled(&s);
     pool_->ReleasePins(d.seq);  // its tables keep the blocks they share

@@ -65,6 +65,29 @@ void OutputProcessor::Accept(Entry& e, const sample::SampleResult& r) {
       alt.text = tok::Utf8Lossy(alt.bytes);
     }
   }
+  if (!e.prompt_logprobs.empty()) {  // the first chunk carries the prompt's logprobs
+    tok::IncrementalDecoder prompt_text(*tokenizer_, /*skip_special=*/false);
+    const std::vector<TokenId>& ids = e.request.prompt_ids;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      TokenLogprob t;
+      t.token_id = ids[i];
+      t.logprob = e.prompt_logprobs.logprobs[i];
+      t.text = prompt_text.Push(ids[i]);
+      if (i + 1 == ids.size()) t.text += prompt_text.Flush();
+      t.bytes = tokenizer_->TokenText(ids[i]);
+      chunk.prompt_logprobs.push_back(std::move(t));
+      std::vector<TokenLogprob>& top = chunk.prompt_top_logprobs.emplace_back();
+      for (const auto& [id, lp] : e.prompt_logprobs.top[i]) {
+        TokenLogprob alt;
+        alt.token_id = id;
+        alt.logprob = lp;
+        alt.bytes = tokenizer_->TokenText(id);
+        alt.text = tok::Utf8Lossy(alt.bytes);
+        top.push_back(std::move(alt));
+      }
+    }
+    e.prompt_logprobs = {};
+  }
   bool stop_string = false;
   if (!stop_token) {
     std::string text = e.detok->Push(r.token_id);

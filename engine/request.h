@@ -57,6 +57,10 @@ struct GenerateRequest {
   PruningParams pruning;
   // Use the prefix cache for this prompt and offer its KV to it (llama.cpp's cache_prompt).
   bool cache_prompt = true;
+  // -1: none. 0..20: the logprob of every prompt token (from the second) and that many alternatives,
+  // in the first TokenChunk (OpenAI's echo with logprobs). Needs a policy that never cuts the
+  // prompt's rows (full, snapkv); the prompt is then computed whole (no prefix-cache hit).
+  int prompt_logprobs = -1;
 };
 
 // ---- what comes back ----------------------------------------------------------------------------
@@ -79,6 +83,10 @@ struct TokenChunk {
   // For each token in token_ids, when logprobs > 0: its own logprob and the top-n alternatives.
   std::vector<TokenLogprob> sampled_logprobs;
   std::vector<std::vector<TokenLogprob>> top_logprobs;
+  // In the request's first chunk, when prompt_logprobs >= 0: one entry per prompt token, its text as
+  // the prompt decodes (control tokens included); the first has logprob 0 and no alternatives.
+  std::vector<TokenLogprob> prompt_logprobs;
+  std::vector<std::vector<TokenLogprob>> prompt_top_logprobs;
 };
 
 enum class FinishReason { kStop, kLength, kCancelled, kError, kAbort };

@@ -282,6 +282,12 @@ StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& r, const st
   ASL_RETURN_IF_ERROR(ResolvePruningParams(&out.pruning, limits.num_layers));
   ASL_ASSIGN_OR_RETURN(out.prompt_ids, TokenizeInput(r, tokenizer, limits));
   out.cache_prompt = !r.has_cache_prompt() || r.cache_prompt();
+  if (r.has_prompt_logprobs()) {
+    if (r.prompt_logprobs() < 0 || r.prompt_logprobs() > 20) {
+      return InvalidArgument("prompt_logprobs: must be in [0, 20], got " + std::to_string(r.prompt_logprobs()));
+    }
+    out.prompt_logprobs = r.prompt_logprobs();
+  }
   return out;
 }
 
@@ -297,6 +303,11 @@ void AppendChunk(const TokenChunk& chunk, v1::GenerateChunk* out) {
   for (const TokenLogprob& lp : chunk.sampled_logprobs) fill(lp, out->add_logprobs());
   for (const auto& top : chunk.top_logprobs) {
     v1::TopLogprobs* t = out->add_top_logprobs();
+    for (const TokenLogprob& lp : top) fill(lp, t->add_candidates());
+  }
+  for (const TokenLogprob& lp : chunk.prompt_logprobs) fill(lp, out->add_prompt_logprobs());
+  for (const auto& top : chunk.prompt_top_logprobs) {
+    v1::TopLogprobs* t = out->add_prompt_top_logprobs();
     for (const TokenLogprob& lp : top) fill(lp, t->add_candidates());
   }
 }

@@ -541,7 +541,8 @@ bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out
     if (b) out->grpc.set_add_bos(*b);
   }
   if (!ParseSampling(endpoint, f, out, error)) return false;
-  if (out->echo && out->logprobs) return f.Fail("echo", "echo with logprobs (prompt logprobs) is not supported yet");
+  // echo with logprobs: the prompt's tokens come first in the logprobs (the server computes them).
+  if (out->echo && out->logprobs) out->grpc.set_prompt_logprobs(out->top_logprobs);
   // best_of ranks candidates by their summed logprobs: the server must return them.
   if (out->best_of > out->n && !out->grpc.sampling().has_logprobs()) out->grpc.mutable_sampling()->set_logprobs(1);
   return ParsePruning(j, &out->grpc, error);

@@ -54,36 +54,45 @@ json Choice(const ResponseContext& ctx, int index, const std::string& text, json
 
 }  // namespace
 
-void LogprobsBuilder::Append(const v1::GenerateChunk& chunk) {
-  if (!ctx_.logprobs) return;
+void LogprobsBuilder::Add(const v1::TokenLogprob& lp, const v1::TopLogprobs* alternatives, bool first_of_prompt) {
   const bool chat = ctx_.endpoint == Endpoint::kChatCompletions;
-  for (int k = 0; k < chunk.logprobs_size(); ++k) {
-    const v1::TokenLogprob& lp = chunk.logprobs(k);
-    json top = chat ? json::array() : json::object();
-    if (k < chunk.top_logprobs_size()) {
-      const auto& cands = chunk.top_logprobs(k).candidates();
-      for (int c = 0; c < cands.size() && c < ctx_.top_logprobs; ++c) {
-        if (chat) {
-          top.push_back({{"token", cands[c].text()},
-                         {"logprob", cands[c].logprob()},
-                         {"bytes", BytesJson(cands[c].token_bytes())}});
-        } else if (!top.contains(cands[c].text())) {  // two ids may share a text: the likelier one
-          top[cands[c].text()] = cands[c].logprob();
-        }
+  json top = chat ? json::array() : json::object();
+  if (alternatives != nullptr) {
+    const auto& cands = alternatives->candidates();
+    for (int c = 0; c < cands.size() && c < ctx_.top_logprobs; ++c) {
+      if (chat) {
+        top.push_back({{"token", cands[c].text()},
+                       {"logprob", cands[c].logprob()},
+                       {"bytes", BytesJson(cands[c].token_bytes())}});
+      } else if (!top.contains(cands[c].text())) {  // two ids may share a text: the likelier one
+        top[cands[c].text()] = cands[c].logprob();
       }
     }
-    if (chat) {
-      content_.push_back({{"token", lp.text()},
-                          {"logprob", lp.logprob()},
-                          {"bytes", BytesJson(lp.token_bytes())},
-                          {"top_logprobs", std::move(top)}});
-    } else {
-      tokens_.push_back(lp.text());
-      token_logprobs_.push_back(lp.logprob());
-      top_.push_back(ctx_.top_logprobs > 0 ? std::move(top) : json(nullptr));
-      offsets_.push_back(offset_);
-    }
-    offset_ += NumChars(lp.text());
+  }
+  if (chat) {
+    content_.push_back({{"token", lp.text()},
+                        {"logprob", lp.logprob()},
+                        {"bytes", BytesJson(lp.token_bytes())},
+                        {"top_logprobs", std::move(top)}});
+  } else {
+    tokens_.push_back(lp.text());
+    // The prompt's first token has no logprob: nothing precedes it (OpenAI's null).
+    token_logprobs_.push_back(first_of_prompt ? json(nullptr) : json(lp.logprob()));
+    top_.push_back(ctx_.top_logprobs > 0 && !first_of_prompt ? std::move(top) : json(nullptr));
+    offsets_.push_back(offset_);
+  }
+  offset_ += NumChars(lp.text());
+}
+
+void LogprobsBuilder::Append(const v1::GenerateChunk& chunk) {
+  if (!ctx_.logprobs) return;
+  for (int k = 0; k < chunk.prompt_logprobs_size(); ++k) {  // echo: the prompt's tokens first
+    Add(chunk.prompt_logprobs(k), k < chunk.prompt_top_logprobs_size() ? &chunk.prompt_top_logprobs(k) : nullptr,
+        /*first_of_prompt=*/k == 0);
+  }
+  for (int k = 0; k < chunk.logprobs_size(); ++k) {
+    Add(chunk.logprobs(k), k < chunk.top_logprobs_size() ? &chunk.top_logprobs(k) : nullptr,
+        /*first_of_prompt=*/false);
   }
 }
 

@@ -8,6 +8,8 @@
 // the token completing the character has all of it), and `bytes` are the token's own bytes, so the
 // bytes of a choice's tokens concatenate to the UTF-8 of its text. Alternatives are the token decoded
 // alone (an incomplete character as U+FFFD). Legacy text_offset counts characters (code points).
+// With echo, the prompt's tokens (GenerateChunk.prompt_logprobs) come first, the first with a null
+// logprob, as OpenAI returns them.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +46,8 @@ class LogprobsBuilder {
   [[nodiscard]] nlohmann::json Take();
 
  private:
+  void Add(const v1::TokenLogprob& lp, const v1::TopLogprobs* alternatives, bool first_of_prompt);
+
   const ResponseContext& ctx_;
   int64_t offset_ = 0;  // characters of the tokens so far
   nlohmann::json content_ = nlohmann::json::array();  // chat

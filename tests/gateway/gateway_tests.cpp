@@ -86,9 +86,10 @@ TEST(ParseRequest, CompletionPromptForms) {
   EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": [[1], -2]})").param, "prompt[1]");
   EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": ["a", [1, -2]]})").param, "prompt[1][1]");
   EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m"})").param, "prompt");
-  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "echo": true, "logprobs": 1})").param,
-            "echo");
-  EXPECT_TRUE(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "echo": true})").echo);
+  const ParsedRequest echo = ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "echo": true, "logprobs": 2})");
+  EXPECT_TRUE(echo.echo);
+  EXPECT_EQ(echo.grpc.prompt_logprobs(), 2);  // the server computes the prompt's logprobs
+  EXPECT_FALSE(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "echo": true})").grpc.has_prompt_logprobs());
 }
 
 TEST(ParseRequest, BatchesNAndBestOfMakeOneCallPerGeneration) {
@@ -346,6 +347,34 @@ TEST(Responses, LogprobsCarryTheTokensTextAndBytes) {
   EXPECT_EQ(l["text_offset"], nlohmann::json::array({0, 1, 1}));  // characters, not bytes
   EXPECT_EQ(l["top_logprobs"][0].size(), 1u);
   EXPECT_FLOAT_EQ(l["top_logprobs"][0]["\xC3\xA9"].get<float>(), -0.5f);
+}
+
+TEST(Responses, EchoLogprobsPutThePromptFirstWithANullFirstLogprob) {
+  v1::GenerateChunk chunk;
+  for (const char* t : {"The", " sky"}) {
+    v1::TokenLogprob* p = chunk.add_prompt_logprobs();
+    p->set_text(t);
+    p->set_logprob(-3.f);
+    chunk.add_prompt_top_logprobs();
+  }
+  chunk.mutable_prompt_top_logprobs(1)->add_candidates()->set_text(" sea");
+  v1::TokenLogprob* g = chunk.add_logprobs();
+  g->set_text(" is");
+  g->set_logprob(-1.f);
+  chunk.add_top_logprobs();
+  ResponseContext ctx;
+  ctx.endpoint = Endpoint::kCompletions;
+  ctx.logprobs = true;
+  ctx.top_logprobs = 1;
+  LogprobsBuilder b(ctx);
+  b.Append(chunk);
+  const nlohmann::json l = b.Take();
+  EXPECT_EQ(l["tokens"], nlohmann::json::array({"The", " sky", " is"}));
+  EXPECT_TRUE(l["token_logprobs"][0].is_null());
+  EXPECT_FLOAT_EQ(l["token_logprobs"][1].get<float>(), -3.f);
+  EXPECT_TRUE(l["top_logprobs"][0].is_null());
+  EXPECT_TRUE(l["top_logprobs"][1].contains(" sea"));
+  EXPECT_EQ(l["text_offset"], nlohmann::json::array({0, 3, 7}));
 }
 
 TEST(Models, IdIsTheNameOrTheFileStemWithoutPathsOrSpaces) {

@@ -333,6 +333,35 @@ def test_echo_returns_the_prompt(client, model):
     assert text == "The capital of France is" + plain.choices[0].text
 
 
+def test_echo_with_logprobs_scores_the_prompt(stack, client, model):
+    prompt = [504, 3575, 282, 4649, 314]  # "The capital of France is"
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=3, temperature=0, echo=True, logprobs=1,
+                                  extra_body={"ignore_eos": True})
+    c = r.choices[0]
+    lp = c.logprobs
+    assert c.text.startswith("The capital of France is")
+    assert len(lp.tokens) == len(prompt) + 3
+    assert "".join(lp.tokens) == c.text
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing precedes the first token
+    assert all(x <= 0 for x in lp.token_logprobs[1:])
+    assert all(len(t) == 1 for t in lp.top_logprobs[1:])
+    assert [c.text[o:o + len(t)] for t, o in zip(lp.tokens, lp.text_offset)] == lp.tokens
+    # A prompt token's logprob is what generating it would have scored: the greedy first token,
+    # appended to the prompt, gets the logprob it was generated with.
+    first = client.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0, logprobs=1,
+                                      extra_body={"ignore_eos": True}).choices[0]
+    [next_id] = _ids(stack, first.text)
+    scored = client.completions.create(model=model, prompt=prompt + [next_id], max_tokens=1, temperature=0, echo=True,
+                                       logprobs=1, extra_body={"ignore_eos": True}).choices[0].logprobs
+    assert scored.tokens[len(prompt)] == first.text
+    assert scored.token_logprobs[len(prompt)] == pytest.approx(first.logprobs.token_logprobs[0], abs=2e-3)
+    # Policies that cut the prompt's rows cannot score every position.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt=prompt, max_tokens=1, echo=True, logprobs=1,
+                                  extra_body={"pruning": {"policy": "asl"}})
+    assert e.value.param == "echo"
+
+
 def _ids(stack, text):
     return requests.post(stack.base_url + "/tokenize", json={"prompt": text, "add_special_tokens": False},
                          timeout=30).json()["tokens"]
