@@ -229,8 +229,8 @@ Status EngineImpl::Init() {
   if (config_.max_model_len <= 0 || config_.max_model_len > mc.max_position_embeddings) {
     config_.max_model_len = static_cast<int>(mc.max_position_embeddings);
   }
-  outputs_ = std::make_unique<OutputProcessor>(tokenizer_->stop_token_ids(), config_.max_model_len, kv_.get(),
-                                               scheduler_.get(), metrics_.get(), &waiting_);
+  outputs_ = std::make_unique<OutputProcessor>(tokenizer_->stop_token_ids(), config_.max_model_len, tokenizer_.get(),
+                                               kv_.get(), scheduler_.get(), metrics_.get(), &waiting_);
 
   info_.name = mc.name;
   info_.arch = model::ArchName(mc.arch);
@@ -270,6 +270,35 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   }
   ASL_RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, mc.vocab_size));
   ASL_RETURN_IF_ERROR(ResolvePruningParams(&request.pruning, static_cast<int>(mc.num_layers)));
+  if (request.prompt_logprobs != -1) {
+    if (!(request.prompt_logprobs >= 0 && request.prompt_logprobs <= 20)) {
+      return InvalidArgument("prompt_logprobs: must be in [0, 20] (or unset), got " +
+                             std::to_string(request.prompt_logprobs));
+    }
+    if (Policy(request.pruning.policy).selects) {
+      return InvalidArgument(std::string("prompt_logprobs: needs a policy that keeps every prompt row (full or snapkv), "
+                                         "not ") + PolicyName(request.pruning.policy));
+    }
+    request.cache_prompt = false;  // a cached prefix's rows are never computed
+  }
+  const std::vector<int64_t> prompt_kv = prune::KvTokensUpperBounds(request.pruning, static_cast<int>(mc.num_layers), n);
+  if (request.sampling.max_tokens == 0) {
+    // As many as the context leaves (vLLM's default), and no more than the pool can ever hold for
+    // this request alone: the largest m whose lifetime bound fits the whole pool (monotonic in m).
+    int64_t lo = 0, hi = config_.max_model_len - n;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      if (accounting_->Bounds(prompt_kv, mid).lifetime <= pool_->num_blocks_total()) lo = mid;
+      else hi = mid - 1;
+    }
+    if (lo < 1) {
+      return OutOfRange("prompt: " + std::to_string(n) + " tokens leave no room for output in the context (" +
+                        std::to_string(config_.max_model_len) + ") or the KV pool (" +
+                        std::to_string(pool_->num_blocks_total()) + " blocks) under policy " +
+                        PolicyName(request.pruning.policy));
+    }
+    request.sampling.max_tokens = static_cast<int>(lo);
+  }
   if (n + request.sampling.max_tokens > config_.max_model_len) {
     return OutOfRange("sampling.max_tokens: prompt (" + std::to_string(n) + " tokens) + max_tokens (" +
                            std::to_string(request.sampling.max_tokens) + ") exceeds the context length (" +
@@ -277,8 +306,7 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   }
   // Reject what could never run even alone in an empty pool: not RESOURCE_EXHAUSTED, which
   // clients retry (OpenAI's SDK does on 429); retrying cannot help, a smaller kv_budget can.
-  const sched::RequestBlocks blocks = accounting_->Bounds(
-      prune::KvTokensUpperBounds(request.pruning, static_cast<int>(mc.num_layers), n), request.sampling.max_tokens);
+  const sched::RequestBlocks blocks = accounting_->Bounds(prompt_kv, request.sampling.max_tokens);
   if (blocks.lifetime > pool_->num_blocks_total()) {
     return OutOfRange("prompt: " + std::to_string(n) + " tokens with max_tokens " +
                              std::to_string(request.sampling.max_tokens) + " need " + std::to_string(blocks.lifetime) +
@@ -487,7 +515,8 @@ void EngineImpl::StartPrefill(const std::vector<sched::Sequence*>& seqs) {
                                                       mc.num_kv_heads, s->num_prompt_tokens);
     e.prefill_seconds = 0;
     batch.push_back(runner::PrefillSeq{static_cast<kv::SeqId>(s->id), e.request.prompt_ids, e.policy.get(),
-                                       e.request.cache_prompt && pool_->cache_enabled()});
+                                       e.request.cache_prompt && pool_->cache_enabled(),
+                                       s->output_ids.empty() ? e.request.prompt_logprobs : -1});
   }
   StatusOr<runner::PrefillJob> job = runner_->StartPrefill(std::move(batch));
   if (!job.ok()) {
@@ -524,8 +553,9 @@ void EngineImpl::AdvancePrefill(double budget, StepStats& step) {
   std::vector<sample::SamplerState*> states;
   std::vector<int64_t> rows;
   for (size_t i = 0; i < slice->done.size(); ++i) {
-    const runner::PrefilledSeq& d = slice->done[i];
+    runner::PrefilledSeq& d = slice->done[i];
     Entry& e = *outputs_->Find(static_cast<RequestId>(d.seq));
+    if (e.seq.output_ids.empty()) e.prompt_logprobs = std::move(d.prompt_logprobs);
     sched::Sequence& s = e.seq;
     scheduler_->MarkPrefilled(&s);
     pool_->ReleasePins(d.seq);  // its tables keep the blocks they share

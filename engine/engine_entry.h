@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/prune/policy.h"
+#include "engine/runner/model_runner.h"
 #include "engine/request.h"
 #include "engine/sample/sampler.h"
 #include "engine/sample/stop_matcher.h"
@@ -29,6 +30,7 @@ struct Entry {
   int64_t cached_tokens = 0;                       // prompt tokens the first prefill took from the prefix cache
   double prefill_seconds = 0;                      // of the prefill in flight, summed over its slices
   std::string stop_string;
+  runner::PromptLogprobs prompt_logprobs;          // from the first prefill, until the first chunk sends them
   std::vector<double> inter_token_seconds;
 };
 

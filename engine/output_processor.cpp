@@ -5,6 +5,8 @@
 #include "engine/common/logging.h"
 #include "engine/kv/kv_cache.h"
 #include "engine/sched/scheduler.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/utf8.h"
 
 namespace asl {
 namespace {
@@ -51,13 +53,51 @@ void OutputProcessor::Accept(Entry& e, const sample::SampleResult& r) {
 
   TokenChunk chunk;
   chunk.token_ids.push_back(r.token_id);
-  if (sp.logprobs > 0) {
-    chunk.sampled_logprobs.push_back(TokenLogprob{r.token_id, r.logprob});
+  const bool with_logprobs = sp.logprobs > 0;
+  if (with_logprobs) {
+    TokenLogprob sampled;
+    sampled.token_id = r.token_id;
+    sampled.logprob = r.logprob;
+    chunk.sampled_logprobs.push_back(std::move(sampled));
     chunk.top_logprobs.push_back(r.top_logprobs);
+    for (TokenLogprob& alt : chunk.top_logprobs.back()) {
+      alt.bytes = tokenizer_->TokenText(alt.token_id);
+      alt.text = tok::Utf8Lossy(alt.bytes);
+    }
+  }
+  if (!e.prompt_logprobs.empty()) {  // the first chunk carries the prompt's logprobs
+    tok::IncrementalDecoder prompt_text(*tokenizer_, /*skip_special=*/false);
+    const std::vector<TokenId>& ids = e.request.prompt_ids;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      TokenLogprob t;
+      t.token_id = ids[i];
+      t.logprob = e.prompt_logprobs.logprobs[i];
+      t.text = prompt_text.Push(ids[i]);
+      if (i + 1 == ids.size()) t.text += prompt_text.Flush();
+      t.bytes = tokenizer_->TokenText(ids[i]);
+      chunk.prompt_logprobs.push_back(std::move(t));
+      std::vector<TokenLogprob>& top = chunk.prompt_top_logprobs.emplace_back();
+      for (const auto& [id, lp] : e.prompt_logprobs.top[i]) {
+        TokenLogprob alt;
+        alt.token_id = id;
+        alt.logprob = lp;
+        alt.bytes = tokenizer_->TokenText(id);
+        alt.text = tok::Utf8Lossy(alt.bytes);
+        top.push_back(std::move(alt));
+      }
+    }
+    e.prompt_logprobs = {};
   }
   bool stop_string = false;
   if (!stop_token) {
-    sample::StopMatcher::Result m = e.stop->Push(e.detok->Push(r.token_id));
+    std::string text = e.detok->Push(r.token_id);
+    if (with_logprobs) {
+      TokenLogprob& sampled = chunk.sampled_logprobs.back();
+      sampled.text = text;
+      // What the detokenizer skips (control tokens) adds no bytes to the output.
+      if (!tokenizer_->IsSpecial(r.token_id)) sampled.bytes = tokenizer_->TokenText(r.token_id);
+    }
+    sample::StopMatcher::Result m = e.stop->Push(std::move(text));
     chunk.text = std::move(m.text);
     if (m.matched) {
       stop_string = true;
@@ -69,7 +109,9 @@ void OutputProcessor::Accept(Entry& e, const sample::SampleResult& r) {
   const bool finishing = stop_token || stop_string || length;
   if (finishing && !stop_string) {
     // The detokenizer's tail may still complete a stop string: Flush truncates it then.
-    chunk.text += e.stop->Flush(e.detok->Flush());
+    std::string tail = e.detok->Flush();
+    if (with_logprobs) chunk.sampled_logprobs.back().text += tail;  // U+FFFD for a character cut off
+    chunk.text += e.stop->Flush(std::move(tail));
     if (e.stop->matched()) {
       stop_string = true;
       e.stop_string = e.stop->stop_string();

@@ -1,7 +1,8 @@
 // OutputProcessor: the last stage of an engine step (nano-vllm's scheduler.postprocess, vLLM's
 // update_from_output), and the owner of every request's runtime state (Entry) on the engine
 // thread. For each sampled token it appends the token to its sequence, feeds the penalties,
-// detokenizes, matches stop tokens and stop strings and emits the chunk; when a request ends
+// detokenizes (also each token's own text and bytes for logprobs), matches stop tokens and stop
+// strings and emits the chunk; when a request ends
 // (stop, length, cancel, error, abort) it frees the request's KV blocks and queue slot at once,
 // sends its one FinishEvent and forgets it. Nothing else in the engine ends a request.
 //
@@ -19,17 +20,19 @@
 namespace asl {
 
 namespace kv { class KvCache; }
+namespace tok { class Tokenizer; }
 namespace sched { class Scheduler; }
 
 class OutputProcessor {
  public:
   // eos_ids: tokens that end a request unless it asks ignore_eos. max_model_len bounds prompt +
   // outputs. waiting: the queue limit's slots, released when a never-scheduled request finishes.
-  // kv, scheduler, metrics (may be null) and waiting must outlive this object.
-  OutputProcessor(std::vector<TokenId> eos_ids, int max_model_len, kv::KvCache* kv, sched::Scheduler* scheduler,
-                  EngineMetrics* metrics, WaitingSlots* waiting)
-      : eos_ids_(std::move(eos_ids)), max_model_len_(max_model_len), kv_(kv), scheduler_(scheduler),
-        metrics_(metrics), waiting_(waiting) {}
+  // tokenizer (the text of logprob tokens), kv, scheduler, metrics (may be null) and waiting must
+  // outlive this object.
+  OutputProcessor(std::vector<TokenId> eos_ids, int max_model_len, const tok::Tokenizer* tokenizer, kv::KvCache* kv,
+                  sched::Scheduler* scheduler, EngineMetrics* metrics, WaitingSlots* waiting)
+      : eos_ids_(std::move(eos_ids)), max_model_len_(max_model_len), tokenizer_(tokenizer), kv_(kv),
+        scheduler_(scheduler), metrics_(metrics), waiting_(waiting) {}
 
   // The request table.
   Entry& Add(std::unique_ptr<Entry> entry);
@@ -50,6 +53,7 @@ class OutputProcessor {
  private:
   std::vector<TokenId> eos_ids_;
   int max_model_len_;
+  const tok::Tokenizer* tokenizer_;
   kv::KvCache* kv_;
   sched::Scheduler* scheduler_;
   EngineMetrics* metrics_;

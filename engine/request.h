@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/common/pruning_knobs.h"
@@ -35,11 +36,16 @@ struct SamplingParams {
   double repetition_penalty = 1.0;   // > 0; 1 = off (HF semantics, over prompt and output)
   double presence_penalty = 0.0;     // [-2, 2] (OpenAI semantics, over output)
   double frequency_penalty = 0.0;    // [-2, 2]
-  int max_tokens = 256;              // >= 1
+  // >= 1; 0: as many as the context leaves after the prompt, capped to what the KV pool can hold
+  // for this request alone (resolved by Submit; under reserve admission it reserves all of that).
+  int max_tokens = 256;
   std::vector<std::string> stop;     // stop strings: matched across tokens, never emitted
   std::vector<TokenId> stop_token_ids;
   bool ignore_eos = false;
   int logprobs = 0;                  // top-n logprobs per generated token, 0..20
+  // OpenAI logit_bias: (token id, bias in [-100, 100]) added to the logits after the penalties,
+  // before greedy/temperature (ids unique, in the vocabulary). Logprobs stay those of the raw logits.
+  std::vector<std::pair<TokenId, float>> logit_bias;
 };
 
 Status ValidateSamplingParams(const SamplingParams& p, int64_t vocab_size);
@@ -51,12 +57,24 @@ struct GenerateRequest {
   PruningParams pruning;
   // Use the prefix cache for this prompt and offer its KV to it (llama.cpp's cache_prompt).
   bool cache_prompt = true;
+  // -1: none. 0..20: the logprob of every prompt token (from the second) and that many alternatives,
+  // in the first TokenChunk (OpenAI's echo with logprobs). Needs a policy that never cuts the
+  // prompt's rows (full, snapkv); the prompt is then computed whole (no prefix-cache hit).
+  int prompt_logprobs = -1;
 };
 
 // ---- what comes back ----------------------------------------------------------------------------
 struct TokenLogprob {
   TokenId token_id = 0;
   float logprob = 0.f;
+  // Filled by the OutputProcessor (the sampler leaves them empty). Sampled token: the text it adds
+  // to the output as the output is detokenized (the characters it completes: "" for a token that
+  // holds only the first bytes of a character, "" for a control token the text skips), so a
+  // request's token texts concatenate to its text before stop strings are withheld; `bytes` its
+  // own bytes in the output (empty when skipped). Alternative: the token decoded alone (an
+  // incomplete character as U+FFFD, a control token as its text) and its raw bytes.
+  std::string text;
+  std::string bytes;
 };
 
 struct TokenChunk {
@@ -65,6 +83,10 @@ struct TokenChunk {
   // For each token in token_ids, when logprobs > 0: its own logprob and the top-n alternatives.
   std::vector<TokenLogprob> sampled_logprobs;
   std::vector<std::vector<TokenLogprob>> top_logprobs;
+  // In the request's first chunk, when prompt_logprobs >= 0: one entry per prompt token, its text as
+  // the prompt decodes (control tokens included); the first has logprob 0 and no alternatives.
+  std::vector<TokenLogprob> prompt_logprobs;
+  std::vector<std::vector<TokenLogprob>> prompt_top_logprobs;
 };
 
 enum class FinishReason { kStop, kLength, kCancelled, kError, kAbort };

@@ -123,6 +123,31 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
   return reactor;
 }
 
+grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerContext* context,
+                                                        const v1::DetokenizeRequest* request,
+                                                        v1::DetokenizeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::Status status;
+  Engine* engine = ServingEngine(&status);
+  if (engine == nullptr) {
+    reactor->Finish(status);
+    return reactor;
+  }
+  const tok::Tokenizer& tokenizer = engine->tokenizer();
+  std::vector<TokenId> ids(request->token_ids().begin(), request->token_ids().end());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= tokenizer.vocab_size()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   "token_ids[" + std::to_string(i) + "]: token id " + std::to_string(ids[i]) +
+                                       " outside the vocabulary [0, " + std::to_string(tokenizer.vocab_size()) + ")"));
+      return reactor;
+    }
+  }
+  response->set_text(tokenizer.Decode(ids, request->skip_special_tokens()));
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
                                                           const v1::GetModelInfoRequest* /*request*/,
                                                           v1::ModelInfo* response) {

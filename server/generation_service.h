@@ -29,8 +29,8 @@ class ServerMetrics;
 enum class ServingState { kLoading, kServing, kDraining };
 
 using GenerationServiceBase = v1::Generation::WithRawCallbackMethod_Generate<v1::Generation::WithRawCallbackMethod_Tokenize<
-    v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::WithCallbackMethod_ResetPrefixCache<
-        v1::Generation::Service>>>>;
+    v1::Generation::WithCallbackMethod_Detokenize<v1::Generation::WithCallbackMethod_GetModelInfo<
+        v1::Generation::WithCallbackMethod_ResetPrefixCache<v1::Generation::Service>>>>>;
 
 class GenerationService final : public GenerationServiceBase {
  public:
@@ -49,6 +49,8 @@ class GenerationService final : public GenerationServiceBase {
                                                        const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context, const v1::DetokenizeRequest* request,
+                                       v1::DetokenizeResponse* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context, const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;
   grpc::ServerUnaryReactor* ResetPrefixCache(grpc::CallbackServerContext* context,

@@ -153,6 +153,8 @@ SamplingParams ToSamplingParams(const v1::SamplingParams& p) {
   s.stop_token_ids.assign(p.stop_token_ids().begin(), p.stop_token_ids().end());
   if (p.has_ignore_eos()) s.ignore_eos = p.ignore_eos();
   if (p.has_logprobs()) s.logprobs = p.logprobs();
+  for (const auto& kv : p.logit_bias()) s.logit_bias.emplace_back(kv.first, kv.second);
+  std::sort(s.logit_bias.begin(), s.logit_bias.end());  // a proto map has no order
   return s;
 }
 
@@ -281,24 +283,33 @@ StatusOr<GenerateRequest> ToEngineRequest(const v1::GenerateRequest& r, const st
   ASL_RETURN_IF_ERROR(ResolvePruningParams(&out.pruning, limits.num_layers));
   ASL_ASSIGN_OR_RETURN(out.prompt_ids, TokenizeInput(r, tokenizer, limits));
   out.cache_prompt = !r.has_cache_prompt() || r.cache_prompt();
+  if (r.has_prompt_logprobs()) {
+    if (r.prompt_logprobs() < 0 || r.prompt_logprobs() > 20) {
+      return InvalidArgument("prompt_logprobs: must be in [0, 20], got " + std::to_string(r.prompt_logprobs()));
+    }
+    out.prompt_logprobs = r.prompt_logprobs();
+  }
   return out;
 }
 
 void AppendChunk(const TokenChunk& chunk, v1::GenerateChunk* out) {
   for (TokenId t : chunk.token_ids) out->add_token_ids(t);
   out->mutable_text()->append(chunk.text);
-  for (const TokenLogprob& lp : chunk.sampled_logprobs) {
-    v1::TokenLogprob* p = out->add_logprobs();
+  auto fill = [](const TokenLogprob& lp, v1::TokenLogprob* p) {
     p->set_token_id(lp.token_id);
     p->set_logprob(lp.logprob);
-  }
+    p->set_text(lp.text);
+    p->set_token_bytes(lp.bytes);
+  };
+  for (const TokenLogprob& lp : chunk.sampled_logprobs) fill(lp, out->add_logprobs());
   for (const auto& top : chunk.top_logprobs) {
     v1::TopLogprobs* t = out->add_top_logprobs();
-    for (const TokenLogprob& lp : top) {
-      v1::TokenLogprob* p = t->add_candidates();
-      p->set_token_id(lp.token_id);
-      p->set_logprob(lp.logprob);
-    }
+    for (const TokenLogprob& lp : top) fill(lp, t->add_candidates());
+  }
+  for (const TokenLogprob& lp : chunk.prompt_logprobs) fill(lp, out->add_prompt_logprobs());
+  for (const auto& top : chunk.prompt_top_logprobs) {
+    v1::TopLogprobs* t = out->add_prompt_top_logprobs();
+    for (const TokenLogprob& lp : top) fill(lp, t->add_candidates());
   }
 }
 

@@ -45,12 +45,27 @@ Status ValidateSamplingParams(const SamplingParams& p, int64_t vocab_size) {
   if (!(p.frequency_penalty >= -2.0 && p.frequency_penalty <= 2.0)) {
     return Bad("frequency_penalty", "must be in [-2, 2], got " + Num(p.frequency_penalty));
   }
-  if (!(p.max_tokens >= 1)) return Bad("max_tokens", "must be >= 1, got " + std::to_string(p.max_tokens));
+  if (!(p.max_tokens >= 0)) {
+    return Bad("max_tokens", "must be >= 1, or 0 for the rest of the context, got " + std::to_string(p.max_tokens));
+  }
   for (size_t i = 0; i < p.stop_token_ids.size(); ++i) {
     const TokenId t = p.stop_token_ids[i];
     if (t < 0 || t >= vocab_size) {
       return Bad("stop_token_ids[" + std::to_string(i) + "]",
                  "token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(vocab_size) + ")");
+    }
+  }
+  for (size_t i = 0; i < p.logit_bias.size(); ++i) {
+    const auto [t, bias] = p.logit_bias[i];
+    const std::string field = "logit_bias[" + std::to_string(t) + "]";
+    if (t < 0 || t >= vocab_size) {
+      return Bad(field, "token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(vocab_size) + ")");
+    }
+    if (!(bias >= -100.f && bias <= 100.f)) {
+      return Bad(field, "the bias of token " + std::to_string(t) + " must be in [-100, 100], got " + Num(bias));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (p.logit_bias[j].first == t) return Bad(field, "token id " + std::to_string(t) + " given twice");
     }
   }
   if (!(p.logprobs >= 0 && p.logprobs <= kMaxLogprobs)) {

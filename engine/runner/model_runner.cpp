@@ -430,17 +430,63 @@ at::Tensor ModelRunner::RecomputePrefixRows(const PrefillJob& job, const Segment
   return x;
 }
 
+// The logprobs of a segment's prompt tokens from its rows `x` ([n, hidden], the residual stream
+// after the last layer, positions 0..n-1), with `k` alternatives. Rows go through the LM head in
+// chunks, so the [rows, vocab] logits stay small.
+static PromptLogprobs ComputePromptLogprobs(const model::LlamaModel& model, const at::Tensor& x,
+                                     const std::vector<int32_t>& ids, int k) {
+  constexpr int64_t kRowsPerChunk = 64;
+  const int64_t n = x.size(0);
+  PromptLogprobs out;
+  out.logprobs.assign(static_cast<size_t>(n), 0.f);
+  out.top.resize(static_cast<size_t>(n));
+  for (int64_t lo = 0; lo + 1 < n; lo += kRowsPerChunk) {
+    const int64_t hi = std::min(n - 1, lo + kRowsPerChunk);  // row r predicts token r + 1
+    at::Tensor ls = at::log_softmax(model.Logits(x.slice(0, lo, hi)).to(at::kCPU, at::kFloat), -1).contiguous();
+    const auto lsa = ls.accessor<float, 2>();
+    at::Tensor top_v, top_i;
+    if (k > 0) std::tie(top_v, top_i) = at::topk(ls, std::min<int64_t>(k, ls.size(1)), -1);
+    for (int64_t r = lo; r < hi; ++r) {
+      const size_t p = static_cast<size_t>(r + 1);
+      out.logprobs[p] = lsa[r - lo][ids[p]];
+      if (k <= 0) continue;
+      const auto va = top_v.accessor<float, 2>();
+      const auto ia = top_i.accessor<int64_t, 2>();
+      for (int64_t j = 0; j < top_v.size(1); ++j) {
+        out.top[p].emplace_back(static_cast<int32_t>(ia[r - lo][j]), va[r - lo][j]);
+      }
+    }
+  }
+  return out;
+}
+
 void ModelRunner::EndPass(PrefillJob& job, PrefillSlice& slice) {
   // Sequences that ran every layer of this pass finish with their last row.
   std::vector<at::Tensor> last_rows;
   int64_t offset = 0;
   for (const Segment& a : job.batch_) {
     offset += a.count;
+    // Prompt logprobs for the members that asked, once per segment (they share its rows); only a
+    // whole prompt in order has a row for every position.
+    int k = -1;
+    for (size_t member : a.members) k = std::max(k, job.seqs_[member].prompt_logprobs);
+    PromptLogprobs prompt_logprobs;
+    if (k >= 0 && job.pass_ == 1 && a.in_prompt_order && a.prefix == 0 &&
+        a.count == static_cast<int64_t>(job.seqs_[a.members[0]].prompt_ids.size())) {
+      prompt_logprobs = ComputePromptLogprobs(*model_, job.x_.slice(0, offset - a.count, offset),
+                                              job.seqs_[a.members[0]].prompt_ids, k);
+    }
     for (size_t member : a.members) {
       last_rows.push_back(job.x_[offset - 1]);
       job.in_job_[member] = 0;
       slice.done.push_back(PrefilledSeq{member, job.seqs_[member].seq, job.next_positions_[member],
-                                        job.num_slices_[member]});
+                                        job.num_slices_[member], {}});
+      const int own = job.seqs_[member].prompt_logprobs;
+      if (own >= 0 && !prompt_logprobs.empty()) {
+        PromptLogprobs& mine = slice.done.back().prompt_logprobs;
+        mine = prompt_logprobs;
+        for (auto& top : mine.top) top.resize(std::min(top.size(), static_cast<size_t>(own)));
+      }
     }
   }
   if (!last_rows.empty()) {

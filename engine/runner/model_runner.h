@@ -22,6 +22,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "engine/common/status.h"
@@ -41,6 +42,19 @@ struct PrefillSeq {
   prune::PruningPolicy* policy = nullptr;
   // Offer the prompt's uncompressed K/V to the prefix cache (KvCache::CacheTable / CacheRows).
   bool cache_prompt = true;
+  // >= 0: compute the prompt's logprobs with this many alternatives (PrefilledSeq::prompt_logprobs).
+  // Needs every prompt row at the last layer: pass 1, never cut, no cached prefix (the engine asks
+  // only for such sequences); otherwise none are computed.
+  int prompt_logprobs = -1;
+};
+
+// Logprobs of a prompt's tokens under the model: position i >= 1 has log p(prompt[i] | prompt[<i])
+// (log_softmax of the raw logits at row i - 1) and the top-k (token, logprob) at that position, best
+// first; position 0 has 0 and none (nothing precedes it).
+struct PromptLogprobs {
+  std::vector<float> logprobs;                                // [n]
+  std::vector<std::vector<std::pair<int32_t, float>>> top;    // [n]
+  bool empty() const { return logprobs.empty(); }
 };
 
 // The estimated cost of prefill work, in token-layers: one prompt row through one layer's
@@ -71,6 +85,7 @@ struct PrefilledSeq {
   kv::SeqId seq = 0;
   int64_t next_position = 0;    // where decoding continues: n, or k after a two-pass re-index
   int num_slices = 0;           // Advance calls its prefill took part in
+  PromptLogprobs prompt_logprobs;  // when PrefillSeq::prompt_logprobs >= 0 (and its rows allowed it)
 };
 
 // What one Advance did.

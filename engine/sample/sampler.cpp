@@ -70,7 +70,12 @@ std::vector<TokenLogprob> TopN(const float* x, int64_t v, int n, double lse) {
   std::sort(heap.begin(), heap.end(), better);
   std::vector<TokenLogprob> out;
   out.reserve(heap.size());
-  for (int32_t id : heap) out.push_back(TokenLogprob{id, static_cast<float>(x[id] - lse)});
+  for (int32_t id : heap) {
+    TokenLogprob t;
+    t.token_id = id;
+    t.logprob = static_cast<float>(x[id] - lse);
+    out.push_back(std::move(t));
+  }
   return out;
 }
 
@@ -131,6 +136,7 @@ SamplerState::SamplerState(const SamplingParams& p, const std::vector<TokenId>& 
       repetition_penalty_(p.repetition_penalty),
       presence_penalty_(p.presence_penalty),
       frequency_penalty_(p.frequency_penalty),
+      logit_bias_(p.logit_bias),
       logprobs_(p.logprobs) {
   if (p.seed) {
     seed_ = *p.seed;
@@ -154,7 +160,7 @@ void SamplerState::Observe(TokenId token_id) {
 bool SamplerState::HasPenalties() const {
   const bool rep = repetition_penalty_ != 1.0 && (!prompt_tokens_.empty() || !output_counts_.empty());
   const bool freq = (presence_penalty_ != 0.0 || frequency_penalty_ != 0.0) && !output_counts_.empty();
-  return rep || freq;
+  return rep || freq || !logit_bias_.empty();
 }
 
 void SamplerState::ApplyPenalties(float* logits, int64_t vocab_size) const {
@@ -183,6 +189,9 @@ void SamplerState::ApplyPenalties(float* logits, int64_t vocab_size) const {
       logits[t] -= fp * static_cast<float>(count);
       logits[t] -= pp;
     }
+  }
+  for (const auto& [t, bias] : logit_bias_) {
+    if (valid(t)) logits[t] += bias;
   }
 }
 

@@ -5,7 +5,7 @@
 //   1. repetition penalty (HF): over the prompt's and the output's distinct tokens, positive
 //      logits are divided by the penalty and negative ones multiplied;
 //   2. frequency and presence penalties (OpenAI): logit -= frequency * count + presence * (count>0),
-//      over output tokens only;
+//      over output tokens only; then logit_bias (OpenAI): logit += bias, per listed token;
 //   3. temperature == 0: greedy argmax (ties go to the lowest token id), no random draw;
 //   4. otherwise logits / temperature, then top-k, then top-p (over what top-k kept, renormalised),
 //      then min-p (p >= min_p * p_max), then one inverse-CDF draw from the request's own RNG.
@@ -79,6 +79,7 @@ class SamplerState {
   double repetition_penalty_;
   double presence_penalty_;
   double frequency_penalty_;
+  std::vector<std::pair<TokenId, float>> logit_bias_;
   int logprobs_;
   uint64_t seed_;
   std::mt19937_64 rng_;

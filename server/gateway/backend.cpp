@@ -48,4 +48,20 @@ grpc::Status Backend::GetModelInfo(v1::ModelInfo* info, double timeout_seconds) 
   return generation_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), info);
 }
 
+grpc::Status Backend::Tokenize(const v1::TokenizeRequest& request, v1::TokenizeResponse* response,
+                              const std::string& request_id, double timeout_seconds) {
+  grpc::ClientContext ctx;
+  SetTimeout(&ctx, timeout_seconds);
+  ctx.AddMetadata("x-request-id", request_id);
+  return generation_->Tokenize(&ctx, request, response);
+}
+
+grpc::Status Backend::Detokenize(const v1::DetokenizeRequest& request, v1::DetokenizeResponse* response,
+                                const std::string& request_id, double timeout_seconds) {
+  grpc::ClientContext ctx;
+  SetTimeout(&ctx, timeout_seconds);
+  ctx.AddMetadata("x-request-id", request_id);
+  return generation_->Detokenize(&ctx, request, response);
+}
+
 }  // namespace asl::gateway

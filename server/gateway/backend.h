@@ -29,6 +29,12 @@ class Backend {
   [[nodiscard]] grpc::Status CheckHealth(bool* serving, double timeout_seconds);
   // Generation/GetModelInfo. Thread-safe.
   [[nodiscard]] grpc::Status GetModelInfo(v1::ModelInfo* info, double timeout_seconds);
+  // Generation/Tokenize and Generation/Detokenize; `request_id` goes in the call's x-request-id
+  // metadata. Thread-safe.
+  [[nodiscard]] grpc::Status Tokenize(const v1::TokenizeRequest& request, v1::TokenizeResponse* response,
+                                      const std::string& request_id, double timeout_seconds);
+  [[nodiscard]] grpc::Status Detokenize(const v1::DetokenizeRequest& request, v1::DetokenizeResponse* response,
+                                        const std::string& request_id, double timeout_seconds);
 
  private:
   std::string address_;

@@ -3,35 +3,24 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
-#include <atomic>
+#include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
-#include <random>
+#include <vector>
 
 #include "server/gateway/backend.h"
 #include "server/gateway/connection_watch.h"
 #include "server/gateway/errors.h"
 #include "server/gateway/openai_request.h"
 #include "server/gateway/openai_response.h"
+#include "server/gateway/request_id.h"
 
 namespace asl::gateway {
 namespace {
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-std::string NewRequestId(Endpoint endpoint) {
-  // A per-process random prefix keeps ids unique across gateway restarts and replicas.
-  static const std::string prefix = [] {
-    std::random_device rd;
-    char buf[16];
-    std::snprintf(buf, sizeof(buf), "%08x", rd());
-    return std::string(buf);
-  }();
-  static std::atomic<uint64_t> counter{0};
-  return std::string(endpoint == Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-") + prefix + "-" +
-         std::to_string(counter.fetch_add(1) + 1);
-}
 
 void SendJson(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -52,11 +41,10 @@ void SetDeadline(grpc::ClientContext* ctx, double seconds) {
 
 double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// One streaming call, shared by the content provider and its releaser (both run on the HTTP worker
-// thread that serves the connection, one after the other).
-struct StreamCall {
-  explicit StreamCall(ResponseContext c) : ctx(std::move(c)), logprobs(ctx) {}
-  ~StreamCall() { Cancel(); }
+// One Generate call of a request (prompt p's k-th sample) and what came back from it.
+struct Call {
+  explicit Call(const ResponseContext& ctx) : logprobs(ctx) {}
+  ~Call() { Cancel(); }
 
   // Cancels the gRPC call unless it already finished; idempotent.
   void Cancel() {
@@ -69,31 +57,123 @@ struct StreamCall {
     finished = true;
   }
 
-  ResponseContext ctx;
-  bool include_usage = false;
+  GenerationCall spec;
+  int index = 0;  // the choice index it answers
   grpc::ClientContext grpc_ctx;
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader;
   std::optional<v1::GenerateResponse> pending;  // read before the headers were sent
+  bool finished = false;                        // reader->Finish() was called
   LogprobsBuilder logprobs;
-  size_t text_offset = 0;
+  std::string text;
+  double sum_logprob = 0;  // of the sampled tokens (best_of ranks by it)
   int64_t num_tokens = 0;
-  bool role_sent = false;
-  bool finished = false;  // reader->Finish() was called
+  std::optional<v1::GenerateComplete> complete;
+};
+
+// The request's calls, started (each one's request reaches the server now; the server runs them
+// side by side and computes an identical prompt once).
+std::vector<std::unique_ptr<Call>> StartCalls(Backend& backend, const CompletionHandlerOptions& options,
+                                              const ParsedRequest& parsed, const ResponseContext& ctx) {
+  std::vector<GenerationCall> specs = CallsFor(parsed);
+  std::vector<std::unique_ptr<Call>> calls;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto c = std::make_unique<Call>(ctx);
+    c->spec = std::move(specs[i]);
+    c->index = c->spec.prompt_index * parsed.n + c->spec.sample_index;
+    // One x-request-id per request; its calls are told apart in the server's log by "/<i>".
+    c->spec.grpc.set_request_id(specs.size() == 1 ? ctx.request_id : ctx.request_id + "/" + std::to_string(i));
+    SetDeadline(&c->grpc_ctx, options.request_timeout_seconds);
+    c->reader = backend.generation().Generate(&c->grpc_ctx, c->spec.grpc);
+    calls.push_back(std::move(c));
+  }
+  return calls;
+}
+
+// A chunk's tokens into the call's text, logprobs and logprob sum.
+void Absorb(Call& c, const v1::GenerateChunk& chunk) {
+  c.num_tokens += chunk.token_ids_size();
+  c.logprobs.Append(chunk);
+  c.text += chunk.text();
+  for (const v1::TokenLogprob& lp : chunk.logprobs()) c.sum_logprob += lp.logprob();
+}
+
+// The text echo prepends to prompt p's choices: the prompt as given, or its token ids decoded.
+bool EchoTexts(Backend& backend, const ParsedRequest& parsed, const std::string& request_id,
+               std::vector<std::string>* out, ApiError* error) {
+  for (const v1::GenerateRequest& p : parsed.prompts) {
+    if (p.input_case() == v1::GenerateRequest::kPrompt) {
+      out->push_back(p.prompt());
+      continue;
+    }
+    v1::DetokenizeRequest req;
+    *req.mutable_token_ids() = p.token_ids().ids();
+    v1::DetokenizeResponse resp;
+    const grpc::Status st = backend.Detokenize(req, &resp, request_id, 30.0);
+    if (!st.ok()) {
+      *error = FromGrpcStatus(st);
+      return false;
+    }
+    out->push_back(resp.text());
+  }
+  return true;
+}
+
+std::vector<const v1::GenerateComplete*> Completes(const std::vector<std::unique_ptr<Call>>& calls) {
+  std::vector<const v1::GenerateComplete*> out;
+  for (const auto& c : calls) out.push_back(&*c->complete);
+  return out;
+}
+
+std::vector<int> PromptOf(const std::vector<std::unique_ptr<Call>>& calls) {
+  std::vector<int> out;
+  for (const auto& c : calls) out.push_back(c->spec.prompt_index);
+  return out;
+}
+
+// A streamed response: its calls are sent one after the other, each choice whole (clients put
+// choices together by index), all started at once so that they generate side by side.
+struct StreamState {
+  explicit StreamState(ResponseContext c) : ctx(std::move(c)) {}
+  void CancelAll() {
+    for (auto& c : calls) c->Cancel();
+  }
+  ResponseContext ctx;
+  bool include_usage = false;
+  std::vector<std::unique_ptr<Call>> calls;
+  std::vector<std::string> echo;  // per prompt; empty without echo
+  size_t current = 0;             // the call being sent
+  bool started_current = false;   // its role chunk (chat) or echo text was sent
   Clock::time_point start = Clock::now();
 };
 
-// Produces the next SSE event(s). Returns false when the client is gone (the call is cancelled).
-bool NextEvents(StreamCall& call, httplib::DataSink& sink) {
+// Produces the next SSE event(s). Returns false when the client is gone (the calls are cancelled).
+bool NextEvents(StreamState& st, httplib::DataSink& sink) {
   auto write = [&](const std::string& s) {
     if (sink.write(s.data(), s.size())) return true;
-    spdlog::info("{}: client disconnected after {} tokens; cancelling the backend call", call.ctx.id,
-                 call.num_tokens);
-    call.Cancel();
+    spdlog::info("{} ({}): client disconnected; cancelling the backend calls", st.ctx.id, st.ctx.request_id);
+    st.CancelAll();
     return false;
   };
-  if (!call.role_sent && call.ctx.endpoint == Endpoint::kChatCompletions) {
-    call.role_sent = true;
-    if (!write(SseEvent(RoleChunkJson(call.ctx)))) return false;
+  if (st.current == st.calls.size()) {  // every choice sent
+    if (st.include_usage && !write(SseEvent(UsageChunkJson(st.ctx, UsageJson(Completes(st.calls), PromptOf(st.calls)))))) {
+      return false;
+    }
+    spdlog::info("{} ({}): stream finished, {} choice(s), e2e={:.3f}s", st.ctx.id, st.ctx.request_id, st.calls.size(),
+                 SecondsSince(st.start));
+    if (!write("data: [DONE]\n\n")) return false;
+    sink.done();
+    return true;
+  }
+  Call& call = *st.calls[st.current];
+  if (!st.started_current) {
+    st.started_current = true;
+    if (st.ctx.endpoint == Endpoint::kChatCompletions && !write(SseEvent(RoleChunkJson(st.ctx, call.index)))) {
+      return false;
+    }
+    if (!st.echo.empty() &&
+        !write(SseEvent(DeltaChunkJson(st.ctx, st.echo[call.spec.prompt_index], nullptr, call.index)))) {
+      return false;
+    }
   }
   v1::GenerateResponse msg;
   bool got = false;
@@ -106,110 +186,162 @@ bool NextEvents(StreamCall& call, httplib::DataSink& sink) {
   }
   if (got && msg.has_chunk()) {
     const v1::GenerateChunk& chunk = msg.chunk();
-    call.num_tokens += chunk.token_ids_size();
-    call.logprobs.Append(chunk, call.text_offset);
-    call.text_offset += chunk.text().size();
+    Absorb(call, chunk);
     json lp = call.logprobs.Take();
     // Text held back for a possible stop string arrives later; nothing to send yet.
     if (chunk.text().empty() && lp.is_null()) return true;
-    return write(SseEvent(DeltaChunkJson(call.ctx, chunk.text(), std::move(lp))));
+    return write(SseEvent(DeltaChunkJson(st.ctx, chunk.text(), std::move(lp), call.index)));
   }
   if (got && msg.has_complete()) {
-    const v1::GenerateComplete& complete = msg.complete();
-    if (!write(SseEvent(FinishChunkJson(call.ctx, complete)))) return false;
-    if (call.include_usage && !write(SseEvent(UsageChunkJson(call.ctx, complete)))) return false;
-    spdlog::info("{}: stream finished ({}) prompt_tokens={} completion_tokens={} policy={} e2e={:.3f}s",
-                 call.ctx.id, FinishReasonName(complete.finish_reason()), complete.usage().prompt_tokens(),
-                 complete.usage().completion_tokens(), complete.pruning().policy(), SecondsSince(call.start));
+    call.complete = msg.complete();
+    const v1::GenerateComplete& complete = *call.complete;
+    if (!write(SseEvent(FinishChunkJson(st.ctx, complete, call.index)))) return false;
+    spdlog::info("{} ({}): choice {} finished ({}) prompt_tokens={} completion_tokens={} policy={}", st.ctx.id,
+                 st.ctx.request_id, call.index, FinishReasonName(complete.finish_reason()),
+                 complete.usage().prompt_tokens(), complete.usage().completion_tokens(), complete.pruning().policy());
     return true;
   }
   if (got) return true;  // an empty message: nothing to forward
   const grpc::Status status = call.reader->Finish();
   call.finished = true;
   // The headers are gone: a failure after the first event is reported in the stream.
-  if (!status.ok()) {
-    spdlog::warn("{}: stream failed: {} ({})", call.ctx.id, status.error_message(),
+  if (!status.ok() || !call.complete) {
+    spdlog::warn("{} ({}): stream failed: {} ({})", st.ctx.id, st.ctx.request_id, status.error_message(),
                  static_cast<int>(status.error_code()));
-    if (!write(SseEvent(ToJson(FromGrpcStatus(status))))) return false;
+    ApiError e = FromGrpcStatus(status);
+    if (status.ok()) e.message = "the backend ended the stream without a completion";
+    st.CancelAll();
+    if (!write(SseEvent(ToJson(e)))) return false;
+    if (!write("data: [DONE]\n\n")) return false;
+    sink.done();
+    return true;
   }
-  if (!write("data: [DONE]\n\n")) return false;
-  sink.done();
+  ++st.current;
+  st.started_current = false;
   return true;
 }
 
-void ServeStream(Backend& backend, const CompletionHandlerOptions& options, ParsedRequest parsed,
-                 ResponseContext ctx, httplib::Response& res) {
-  auto call = std::make_shared<StreamCall>(std::move(ctx));
-  call->include_usage = parsed.include_usage;
-  SetDeadline(&call->grpc_ctx, options.request_timeout_seconds);
-  call->reader = backend.generation().Generate(&call->grpc_ctx, parsed.grpc);
-  // Wait for the first message: a request the server rejects gets a proper HTTP status instead of
-  // a 200 with an error event.
-  v1::GenerateResponse first;
-  if (!call->reader->Read(&first)) {
-    const grpc::Status status = call->reader->Finish();
-    call->finished = true;
-    if (!status.ok()) {
-      spdlog::info("{}: rejected by the backend: {}", call->ctx.id, status.error_message());
-      SendError(res, FromGrpcStatus(status));
-    } else {
-      ApiError e;
-      e.message = "the backend ended the stream without a completion (request " + call->ctx.id + ")";
-      SendError(res, e);
+// The first failure of `calls` before their first message, after cancelling the rest; or none.
+std::optional<ApiError> FirstMessages(std::vector<std::unique_ptr<Call>>& calls, const ResponseContext& ctx) {
+  for (auto& c : calls) {
+    v1::GenerateResponse first;
+    if (c->reader->Read(&first)) {
+      c->pending = std::move(first);
+      continue;
     }
+    const grpc::Status status = c->reader->Finish();
+    c->finished = true;
+    for (auto& other : calls) other->Cancel();
+    if (!status.ok()) {
+      spdlog::info("{} ({}): rejected by the backend: {}", ctx.id, ctx.request_id, status.error_message());
+      return FromGrpcStatus(status);
+    }
+    ApiError e;
+    e.message = "the backend ended the stream without a completion (request " + ctx.request_id + ")";
+    return e;
+  }
+  return std::nullopt;
+}
+
+void ServeStream(Backend& backend, const CompletionHandlerOptions& options, const ParsedRequest& parsed,
+                 ResponseContext ctx, httplib::Response& res) {
+  auto st = std::make_shared<StreamState>(std::move(ctx));
+  st->include_usage = parsed.include_usage;
+  ApiError error;
+  if (parsed.echo && !EchoTexts(backend, parsed, st->ctx.request_id, &st->echo, &error)) {
+    SendError(res, error);
     return;
   }
-  call->pending = std::move(first);
+  st->calls = StartCalls(backend, options, parsed, st->ctx);
+  // Wait for each call's first message: a request the server rejects gets a proper HTTP status
+  // instead of a 200 with an error event.
+  if (std::optional<ApiError> e = FirstMessages(st->calls, st->ctx)) {
+    SendError(res, *e);
+    return;
+  }
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");  // proxies must not buffer the stream
   res.set_chunked_content_provider(
-      "text/event-stream", [call](size_t, httplib::DataSink& sink) { return NextEvents(*call, sink); },
-      [call](bool success) {
-        if (!success) call->Cancel();
+      "text/event-stream", [st](size_t, httplib::DataSink& sink) { return NextEvents(*st, sink); },
+      [st](bool success) {
+        if (!success) st->CancelAll();
       });
 }
 
 void ServeUnary(Backend& backend, const CompletionHandlerOptions& options, const ParsedRequest& parsed,
                 const ResponseContext& ctx, const httplib::Request& req, httplib::Response& res) {
   const Clock::time_point start = Clock::now();
-  grpc::ClientContext grpc_ctx;
-  SetDeadline(&grpc_ctx, options.request_timeout_seconds);
+  std::vector<std::string> echo;
+  ApiError error;
+  if (parsed.echo && !EchoTexts(backend, parsed, ctx.request_id, &echo, &error)) {
+    SendError(res, error);
+    return;
+  }
+  std::vector<std::unique_ptr<Call>> calls = StartCalls(backend, options, parsed, ctx);
   // Nothing is written until the end, so only the socket can tell that the client left: then the
-  // backend call is cancelled and the request stops generating (issue 18 D2).
-  ConnectionWatch watch(req, [&grpc_ctx] { grpc_ctx.TryCancel(); });
-  auto reader = backend.generation().Generate(&grpc_ctx, parsed.grpc);
-  std::string text;
-  LogprobsBuilder logprobs(ctx);
-  std::optional<v1::GenerateComplete> complete;
-  v1::GenerateResponse msg;
-  while (reader->Read(&msg)) {
-    if (msg.has_chunk()) {
-      logprobs.Append(msg.chunk(), text.size());
-      text += msg.chunk().text();
-    } else if (msg.has_complete()) {
-      complete = msg.complete();
+  // backend calls are cancelled and the requests stop generating (issue 18 D2).
+  ConnectionWatch watch(req, [&calls] {
+    for (auto& c : calls) c->grpc_ctx.TryCancel();
+  });
+  std::optional<grpc::Status> failed;
+  for (auto& c : calls) {
+    v1::GenerateResponse msg;
+    while (c->reader->Read(&msg)) {
+      if (msg.has_chunk()) {
+        Absorb(*c, msg.chunk());
+      } else if (msg.has_complete()) {
+        c->complete = msg.complete();
+      }
+    }
+    const grpc::Status status = c->reader->Finish();
+    c->finished = true;
+    if (!status.ok() || !c->complete) {
+      failed = status;
+      for (auto& other : calls) other->Cancel();
+      break;
     }
   }
-  const grpc::Status status = reader->Finish();
   if (watch.gone()) {
-    spdlog::info("{}: the client closed the connection; request cancelled", ctx.id);
+    spdlog::info("{} ({}): the client closed the connection; request cancelled", ctx.id, ctx.request_id);
     return;
   }
-  if (!status.ok()) {
-    spdlog::info("{}: failed: {}", ctx.id, status.error_message());
-    SendError(res, FromGrpcStatus(status));
+  if (failed) {
+    if (!failed->ok()) {
+      spdlog::info("{} ({}): failed: {}", ctx.id, ctx.request_id, failed->error_message());
+      SendError(res, FromGrpcStatus(*failed));
+    } else {
+      ApiError e;
+      e.message = "the backend ended the stream without a completion (request " + ctx.request_id + ")";
+      SendError(res, e);
+    }
     return;
   }
-  if (!complete) {
-    ApiError e;
-    e.message = "the backend ended the stream without a completion (request " + ctx.id + ")";
-    SendError(res, e);
-    return;
+  // best_of: of each prompt's candidates, the n with the highest summed logprob, best first (ties:
+  // the earlier sample).
+  std::vector<Call*> returned;
+  for (size_t first = 0; first < calls.size(); first += static_cast<size_t>(parsed.best_of)) {
+    std::vector<Call*> group;
+    for (int k = 0; k < parsed.best_of; ++k) group.push_back(calls[first + static_cast<size_t>(k)].get());
+    if (parsed.best_of > parsed.n) {
+      std::stable_sort(group.begin(), group.end(), [](const Call* a, const Call* b) { return a->sum_logprob > b->sum_logprob; });
+    }
+    for (int k = 0; k < parsed.n; ++k) {
+      group[static_cast<size_t>(k)]->index = group[static_cast<size_t>(k)]->spec.prompt_index * parsed.n + k;
+      returned.push_back(group[static_cast<size_t>(k)]);
+    }
   }
-  spdlog::info("{}: finished ({}) prompt_tokens={} completion_tokens={} policy={} e2e={:.3f}s", ctx.id,
-               FinishReasonName(complete->finish_reason()), complete->usage().prompt_tokens(),
-               complete->usage().completion_tokens(), complete->pruning().policy(), SecondsSince(start));
-  SendJson(res, 200, CompletionJson(ctx, text, logprobs.Take(), *complete));
+  std::vector<ChoiceOut> choices;
+  for (Call* c : returned) {
+    std::string text = echo.empty() ? c->text : echo[static_cast<size_t>(c->spec.prompt_index)] + c->text;
+    choices.push_back(ChoiceOut{c->index, std::move(text), c->logprobs.Take(), &*c->complete});
+  }
+  spdlog::info("{} ({}): finished, {} choice(s) of {} generation(s), first ({}) prompt_tokens={} "
+               "completion_tokens={} policy={} e2e={:.3f}s",
+               ctx.id, ctx.request_id, choices.size(), calls.size(),
+               FinishReasonName(choices[0].complete->finish_reason()), choices[0].complete->usage().prompt_tokens(),
+               choices[0].complete->usage().completion_tokens(), choices[0].complete->pruning().policy(),
+               SecondsSince(start));
+  SendJson(res, 200, CompletionJson(ctx, choices, UsageJson(Completes(calls), PromptOf(calls))));
 }
 
 }  // namespace
@@ -237,15 +369,19 @@ void HandleCompletion(Endpoint endpoint, Backend& backend, const CompletionHandl
   }
   ResponseContext ctx;
   ctx.endpoint = endpoint;
-  ctx.id = NewRequestId(endpoint);
+  ctx.id = (endpoint == Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-") + NewRequestId();
+  // Set by the gateway's pre-routing handler (the client's, sanitised, or a new one).
+  ctx.request_id = res.get_header_value("x-request-id");
+  if (ctx.request_id.empty()) ctx.request_id = NewRequestId();
   ctx.created = std::chrono::duration_cast<std::chrono::seconds>(
                     std::chrono::system_clock::now().time_since_epoch()).count();
   ctx.model = parsed.model;
   ctx.logprobs = parsed.logprobs;
   ctx.top_logprobs = parsed.top_logprobs;
-  parsed.grpc.set_request_id(ctx.id);
+  spdlog::info("{}: x-request-id {}, {}", ctx.id, ctx.request_id,
+               endpoint == Endpoint::kChatCompletions ? "chat completion" : "completion");
   if (parsed.stream) {
-    ServeStream(backend, options, std::move(parsed), std::move(ctx), res);
+    ServeStream(backend, options, parsed, std::move(ctx), res);
   } else {
     ServeUnary(backend, options, parsed, ctx, req, res);
   }

@@ -37,7 +37,9 @@ std::string OpenAiParamFor(const std::string& proto_path) {
   if (p == "chat") return "messages";
   if (StartsWith(p, "chat.")) return std::string(p.substr(5));
   if (StartsWith(p, "token_ids")) return "prompt" + std::string(p.substr(9));
-  if (p == "input") return "prompt";
+  if (p == "input" || p == "text") return "prompt";  // "text": TokenizeRequest's prompt
+  if (p == "prompt_logprobs") return "echo";  // asked for by echo with logprobs
+  if (StartsWith(p, "logit_bias[")) return "logit_bias";  // the server's message says which id
   return std::string(p);
 }
 

@@ -14,6 +14,8 @@
 #include "server/gateway/completion_handler.h"
 #include "server/gateway/errors.h"
 #include "server/gateway/openai_request.h"
+#include "server/gateway/openai_response.h"
+#include "server/gateway/request_id.h"
 
 namespace asl::gateway {
 namespace {
@@ -23,6 +25,16 @@ using nlohmann::json;
 void SendJson(httplib::Response& res, int status, const json& body) {
   res.status = status;
   res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+void SendError(httplib::Response& res, const ApiError& e) {
+  for (const auto& [name, value] : ErrorHeaders(e)) res.set_header(name, value);
+  SendJson(res, e.http_status, ToJson(e));
+}
+
+int64_t UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 }  // namespace
@@ -141,6 +153,18 @@ bool Gateway::Admit(const httplib::Request& req, httplib::Response& res) const {
 void Gateway::RegisterRoutes() {
   const CompletionHandlerOptions handler_options{options_.model_name, options_.request_timeout_seconds};
   Backend* backend = backend_.get();
+  // x-request-id on every response: the client's (sanitised) or a new one, set before routing so
+  // that handlers read it from the response (and send it to the server); the post-routing handler
+  // covers responses no route made (404, 413).
+  http_->set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    res.set_header("x-request-id", RequestIdFor(req.get_header_value("x-request-id")));
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  http_->set_post_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.has_header("x-request-id")) {
+      res.set_header("x-request-id", RequestIdFor(req.get_header_value("x-request-id")));
+    }
+  });
   // Every route goes through `route`, so that a wrong method on an existing path is a 405 with an
   // Allow header (not httplib's 404). GET routes answer HEAD too (httplib).
   std::map<std::string, std::string> allow;
@@ -168,35 +192,84 @@ void Gateway::RegisterRoutes() {
   });
 
   const std::string model_name = options_.model_name;
-  route("GET", "/v1/models", [backend, model_name](const httplib::Request&, httplib::Response& res) {
+  // The model info, or false after sending the backend's error.
+  auto model_info = [backend](v1::ModelInfo* info, httplib::Response& res) {
+    const grpc::Status st = backend->GetModelInfo(info, 5.0);
+    if (st.ok()) return true;
+    ApiError e = FromGrpcStatus(st);
+    if (e.http_status == 400) e.http_status = 500;
+    SendError(res, e);
+    return false;
+  };
+  route("GET", "/v1/models", [model_info, model_name](const httplib::Request&, httplib::Response& res) {
     v1::ModelInfo info;
-    const grpc::Status st = backend->GetModelInfo(&info, 5.0);
-    if (!st.ok()) {
-      SendJson(res, FromGrpcStatus(st).http_status == 400 ? 500 : FromGrpcStatus(st).http_status,
-               ToJson(FromGrpcStatus(st)));
+    if (!model_info(&info, res)) return;
+    SendJson(res, 200, {{"object", "list"},
+                        {"data", json::array({ModelJson(ModelId(model_name, info), info, UnixNow())})}});
+  });
+  // GET /v1/models/{id}: the model when the id is ours, else OpenAI's 404. (Not in `allow`: its
+  // path is a pattern; other methods on it are 404.)
+  http_->Get(R"(/v1/models/(.+))", [model_info, model_name](const httplib::Request& req, httplib::Response& res) {
+    v1::ModelInfo info;
+    if (!model_info(&info, res)) return;
+    const std::string id = ModelId(model_name, info);
+    if (req.matches[1] != id) {
+      ApiError e;
+      e.http_status = 404;
+      e.type = "invalid_request_error";
+      e.param = "model";
+      e.code = "model_not_found";
+      e.message = "The model '" + std::string(req.matches[1]) + "' does not exist";
+      SendError(res, e);
       return;
     }
-    const int64_t now =
-        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-    json model = {{"id", model_name.empty() ? info.name() : model_name},
-                  {"object", "model"},
-                  {"created", now},
-                  {"owned_by", "asl-serve"},
-                  {"root", info.path()},
-                  {"max_model_len", info.context_length()},
-                  {"asl",
-                   {{"arch", info.arch()},
-                    {"device", info.device()},
-                    {"dtype", info.dtype()},
-                    {"num_layers", info.num_layers()},
-                    {"vocab_size", info.vocab_size()},
-                    {"max_prompt_tokens", info.max_prompt_tokens()},
-                    {"kv_blocks_total", info.kv_blocks_total()},
-                    {"kv_block_size", info.kv_block_size()},
-                    {"kv_bytes_total", info.kv_bytes_total()},
-                    {"kv_dtype", info.kv_dtype()},
-                    {"policies", json(info.policies())}}}};
-    SendJson(res, 200, {{"object", "list"}, {"data", json::array({model})}});
+    SendJson(res, 200, ModelJson(id, info, UnixNow()));
+  });
+
+  // vLLM's /tokenize and /detokenize, by asl-server's tokenizer.
+  route("POST", "/tokenize", [backend, model_info](const httplib::Request& req, httplib::Response& res) {
+    ParsedTokenize parsed;
+    ApiError error;
+    if (!ParseTokenizeRequest(req.body, &parsed, &error)) {
+      SendError(res, error);
+      return;
+    }
+    v1::TokenizeResponse out;
+    const grpc::Status st = backend->Tokenize(parsed.grpc, &out, res.get_header_value("x-request-id"), 30.0);
+    if (!st.ok()) {
+      SendError(res, FromGrpcStatus(st));
+      return;
+    }
+    v1::ModelInfo info;
+    if (!model_info(&info, res)) return;
+    json body = {{"tokens", json(out.token_ids())},
+                 {"count", out.token_ids_size()},
+                 {"max_model_len", info.context_length()},
+                 {"token_strs", parsed.return_token_strs ? json(out.pieces()) : json(nullptr)}};
+    SendJson(res, 200, body);
+  });
+  route("POST", "/detokenize", [backend](const httplib::Request& req, httplib::Response& res) {
+    v1::DetokenizeRequest parsed;
+    ApiError error;
+    if (!ParseDetokenizeRequest(req.body, &parsed, &error)) {
+      SendError(res, error);
+      return;
+    }
+    v1::DetokenizeResponse out;
+    const grpc::Status st = backend->Detokenize(parsed, &out, res.get_header_value("x-request-id"), 30.0);
+    if (!st.ok()) {
+      ApiError e = FromGrpcStatus(st);
+      if (e.param.rfind("prompt", 0) == 0) {  // the server names DetokenizeRequest.token_ids[i]
+        e.message = "tokens" + e.message.substr(6);
+        e.param = "tokens" + e.param.substr(6);
+      }
+      SendError(res, e);
+      return;
+    }
+    SendJson(res, 200, {{"prompt", out.text()}});
+  });
+  route("GET", "/version", [](const httplib::Request&, httplib::Response& res) {
+    SendJson(res, 200, {{"version", ASL_GATEWAY_VERSION}});
   });
 
   route("GET", "/health", [backend](const httplib::Request&, httplib::Response& res) {

@@ -1,8 +1,11 @@
 // asl-gateway: the OpenAI-compatible HTTP front of asl-server (docs/architecture.md).
 //
 //   POST /v1/chat/completions, POST /v1/completions   JSON or SSE (stream: true)
-//   GET  /v1/models                                   the served model
+//   GET  /v1/models, GET /v1/models/{id}              the served model (404 for another id)
+//   POST /tokenize, POST /detokenize                  vLLM's shapes, by asl-server's tokenizer
+//   GET  /version                                     {"version": ...}
 //   GET  /health                                      200 when the backend's gRPC health is SERVING
+// Every response carries x-request-id (request_id.h).
 //
 // Security (all off by default): API keys (`Authorization: Bearer KEY` on every route but /health,
 // else 401 with OpenAI's error body, code invalid_api_key); HTTPS from PEM files (cpp-httplib's

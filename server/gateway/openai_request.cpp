@@ -139,7 +139,9 @@ bool ParseMessages(const json& body, v1::ChatMessages* chat, ApiError* error) {
       return false;
     }
     v1::ChatMessage* out = chat->add_messages();
-    out->set_role(role->get<std::string>());
+    // OpenAI's `developer` role replaces `system` for newer models; templates know only system.
+    const std::string r = role->get<std::string>();
+    out->set_role(r == "developer" ? "system" : r);
     out->set_content(std::move(content));
   }
   return true;
@@ -158,8 +160,9 @@ bool ParseTokenIds(const json& arr, const std::string& field, v1::TokenIds* out,
   return true;
 }
 
-// prompt: "text" | [ids...] | ["text"] | [[ids...]]. More than one prompt is a batch: rejected (n=1).
-bool ParsePrompt(const json& body, v1::GenerateRequest* r, ApiError* error) {
+// prompt: "text" | [ids...] | ["text", ...] | [[ids...], ...]: one input per prompt, in order (a
+// batch gives one choice per prompt).
+bool ParsePrompts(const json& body, std::vector<v1::GenerateRequest>* prompts, ApiError* error) {
   auto it = body.find("prompt");
   if (it == body.end() || it->is_null()) {
     *error = InvalidRequest("prompt", "prompt: required (a string or an array of token ids)");
@@ -167,22 +170,27 @@ bool ParsePrompt(const json& body, v1::GenerateRequest* r, ApiError* error) {
   }
   const json& p = *it;
   if (p.is_string()) {
-    r->set_prompt(p.get<std::string>());
+    prompts->emplace_back().set_prompt(p.get<std::string>());
     return true;
   }
   if (p.is_array() && !p.empty()) {
-    if (p[0].is_number()) return ParseTokenIds(p, "prompt", r->mutable_token_ids(), error);
-    if (p.size() == 1 && p[0].is_string()) {
-      r->set_prompt(p[0].get<std::string>());
-      return true;
-    }
-    if (p.size() == 1 && p[0].is_array() && !p[0].empty()) {
-      return ParseTokenIds(p[0], "prompt[0]", r->mutable_token_ids(), error);
-    }
-    if (p.size() > 1 && (p[0].is_string() || p[0].is_array())) {
-      *error = InvalidRequest("prompt", "prompt: batches of prompts are not supported; send one prompt per request");
+    if (p[0].is_number()) return ParseTokenIds(p, "prompt", prompts->emplace_back().mutable_token_ids(), error);
+    if (p.size() > kMaxBatchPrompts) {
+      *error = InvalidRequest("prompt", "prompt: at most " + std::to_string(kMaxBatchPrompts) + " prompts in a batch");
       return false;
     }
+    for (size_t i = 0; i < p.size(); ++i) {
+      const std::string where = "prompt[" + std::to_string(i) + "]";
+      if (p[i].is_string()) {
+        prompts->emplace_back().set_prompt(p[i].get<std::string>());
+      } else if (p[i].is_array() && !p[i].empty()) {
+        if (!ParseTokenIds(p[i], where, prompts->emplace_back().mutable_token_ids(), error)) return false;
+      } else {
+        *error = InvalidRequest(where, where + ": must be a non-empty string or a non-empty array of token ids");
+        return false;
+      }
+    }
+    return true;
   }
   *error = InvalidRequest("prompt", "prompt: must be a non-empty string or a non-empty array of token ids");
   return false;
@@ -263,8 +271,8 @@ bool ParseSampling(Endpoint endpoint, const Fields& f, ParsedRequest* out, ApiEr
   if (d) {
     // OpenAI's range; the server itself accepts any finite value >= 0.
     if (!(*d >= 0.0 && *d <= 2.0)) return f.Fail("temperature", "must be in [0, 2], got " + json(*d).dump());
-    s->set_temperature(*d);
   }
+  s->set_temperature(d.value_or(1.0));  // OpenAI's default (the gRPC default is greedy)
   struct DoubleKnob {
     const char* name;
     void (v1::SamplingParams::*set)(double);
@@ -284,7 +292,9 @@ bool ParseSampling(Endpoint endpoint, const Fields& f, ParsedRequest* out, ApiEr
   if (!f.Int32("top_k", &i)) return false;
   if (i) s->set_top_k(*i);
 
-  // max_completion_tokens is the chat API's newer name; it wins when both are given.
+  // max_completion_tokens is the chat API's newer name; it wins when both are given. Neither: 0, as
+  // many as the context leaves (vLLM's default; the server caps it to what its KV pool holds).
+  s->set_max_tokens(0);
   for (const char* key : {"max_tokens", "max_completion_tokens"}) {
     i.reset();
     if (!f.Int32(key, &i)) return false;
@@ -303,6 +313,37 @@ bool ParseSampling(Endpoint endpoint, const Fields& f, ParsedRequest* out, ApiEr
     v1::TokenIds tmp;
     if (!ParseTokenIds(*ids, "stop_token_ids", &tmp, error)) return false;
     for (int32_t t : tmp.ids()) s->add_stop_token_ids(t);
+  }
+
+  // logit_bias: {"<token id>": bias in [-100, 100]}; ids are checked against the vocabulary by
+  // the server (400 "logit_bias[<id>]").
+  if (const json* bias = f.Get("logit_bias")) {
+    if (!bias->is_object()) return f.Fail("logit_bias", "must be an object mapping token ids to biases");
+    for (auto kv = bias->begin(); kv != bias->end(); ++kv) {
+      const std::string& key = kv.key();
+      const std::string where = "logit_bias: \"" + key + "\"";
+      size_t used = 0;
+      long long id = -1;
+      try {
+        id = std::stoll(key, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != key.size() || id < 0 || id > std::numeric_limits<int32_t>::max()) {
+        *error = InvalidRequest("logit_bias", where + ": keys must be token ids (non-negative integers)");
+        return false;
+      }
+      if (!kv->is_number()) {
+        *error = InvalidRequest("logit_bias", where + ": the bias must be a number, got " + kv->dump());
+        return false;
+      }
+      const double v = kv->get<double>();
+      if (!(v >= -100.0 && v <= 100.0)) {
+        *error = InvalidRequest("logit_bias", where + ": the bias must be in [-100, 100], got " + kv->dump());
+        return false;
+      }
+      (*s->mutable_logit_bias())[static_cast<int32_t>(id)] = static_cast<float>(v);
+    }
   }
 
   // Logprobs. Chat: logprobs (bool) + top_logprobs (0..20). Legacy completions: logprobs (0..5)
@@ -331,27 +372,40 @@ bool ParseSampling(Endpoint endpoint, const Fields& f, ParsedRequest* out, ApiEr
   return true;
 }
 
-// Options this server does not implement: refusing them beats silently ignoring them.
-bool RejectUnsupported(Endpoint endpoint, const Fields& f) {
+// n, best_of, echo (completions), suffix.
+bool ParseChoices(Endpoint endpoint, const Fields& f, ParsedRequest* out) {
   std::optional<int64_t> n;
   if (!f.Integer("n", &n)) return false;
-  if (n && *n != 1) return f.Fail("n", "only n = 1 is supported, got " + std::to_string(*n));
+  if (n && (*n < 1 || *n > kMaxChoices)) {
+    return f.Fail("n", "must be in [1, " + std::to_string(kMaxChoices) + "], got " + std::to_string(*n));
+  }
+  out->n = static_cast<int>(n.value_or(1));
+  out->best_of = out->n;
   if (endpoint == Endpoint::kCompletions) {
     std::optional<int64_t> best_of;
     if (!f.Integer("best_of", &best_of)) return false;
-    if (best_of && *best_of != 1) return f.Fail("best_of", "only best_of = 1 is supported");
+    if (best_of) {
+      if (*best_of < out->n || *best_of > kMaxChoices) {
+        return f.Fail("best_of", "must be in [n, " + std::to_string(kMaxChoices) + "] (n = " + std::to_string(out->n) +
+                                     "), got " + std::to_string(*best_of));
+      }
+      out->best_of = static_cast<int>(*best_of);
+    }
     std::optional<bool> echo;
     if (!f.Bool("echo", &echo)) return false;
-    if (echo.value_or(false)) return f.Fail("echo", "echo is not supported");
+    out->echo = echo.value_or(false);
     if (const json* suffix = f.Get("suffix"); suffix && !(suffix->is_string() && suffix->get<std::string>().empty())) {
       return f.Fail("suffix", "suffix is not supported");
     }
   }
+  if (out->best_of > out->n && out->stream) return f.Fail("best_of", "best_of > n cannot be streamed (as OpenAI)");
+  return true;
+}
+
+// Options this server does not implement: refusing them beats silently ignoring them.
+bool RejectUnsupported(const Fields& f) {
   if (const json* tools = f.Get("tools"); tools && !(tools->is_array() && tools->empty())) {
     return f.Fail("tools", "tool calling is not supported");
-  }
-  if (const json* bias = f.Get("logit_bias"); bias && !(bias->is_object() && bias->empty())) {
-    return f.Fail("logit_bias", "logit_bias is not supported");
   }
   if (const json* rf = f.Get("response_format")) {
     if (!rf->is_object()) return f.Fail("response_format", "must be an object");
@@ -363,18 +417,90 @@ bool RejectUnsupported(Endpoint endpoint, const Fields& f) {
   return true;
 }
 
-}  // namespace
-
-bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out, ApiError* error) {
-  json j = json::parse(body, /*cb=*/nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) {
+// The body as a JSON object, or false with a 400.
+bool ParseBody(const std::string& body, json* j, ApiError* error) {
+  *j = json::parse(body, /*cb=*/nullptr, /*allow_exceptions=*/false);
+  if (j->is_discarded()) {
     *error = InvalidRequest("", "the request body is not valid JSON");
     return false;
   }
-  if (!j.is_object()) {
+  if (!j->is_object()) {
     *error = InvalidRequest("", "the request body must be a JSON object");
     return false;
   }
+  return true;
+}
+
+}  // namespace
+
+std::vector<GenerationCall> CallsFor(const ParsedRequest& parsed) {
+  std::vector<GenerationCall> calls;
+  const size_t num_prompts = std::max<size_t>(1, parsed.prompts.size());
+  for (size_t p = 0; p < num_prompts; ++p) {
+    for (int k = 0; k < parsed.best_of; ++k) {
+      GenerationCall c;
+      c.prompt_index = static_cast<int>(p);
+      c.sample_index = k;
+      c.grpc = parsed.grpc;
+      if (!parsed.prompts.empty()) {
+        c.grpc.clear_input();
+        c.grpc.MergeFrom(parsed.prompts[p]);
+      }
+      // Samples of one prompt draw independently: a seeded request's k-th sample uses seed + k.
+      if (k > 0 && c.grpc.sampling().has_seed()) {
+        c.grpc.mutable_sampling()->set_seed(c.grpc.sampling().seed() + static_cast<uint64_t>(k));
+      }
+      calls.push_back(std::move(c));
+    }
+  }
+  return calls;
+}
+
+bool ParseTokenizeRequest(const std::string& body, ParsedTokenize* out, ApiError* error) {
+  json j;
+  if (!ParseBody(body, &j, error)) return false;
+  const Fields f(j, "", error);
+  std::optional<std::string> model;
+  if (!f.String("model", &model)) return false;
+  std::optional<bool> b;
+  if (!f.Bool("return_token_strs", &b)) return false;
+  out->return_token_strs = b.value_or(false);
+  out->grpc.set_return_pieces(out->return_token_strs);
+  const bool has_prompt = f.Get("prompt") != nullptr, has_messages = f.Get("messages") != nullptr;
+  if (has_prompt == has_messages) return f.Fail("prompt", "exactly one of prompt or messages is required");
+  b.reset();
+  if (!f.Bool("add_special_tokens", &b)) return false;
+  if (has_prompt) {
+    std::optional<std::string> prompt;
+    if (!f.String("prompt", &prompt)) return false;
+    out->grpc.set_text(*prompt);
+    if (b) out->grpc.set_add_bos(*b);  // the only special token a plain prompt gets is BOS
+  } else {
+    if (!ParseMessages(j, out->grpc.mutable_chat(), error)) return false;
+    b.reset();
+    if (!f.Bool("add_generation_prompt", &b)) return false;
+    if (b) out->grpc.set_add_generation_prompt(*b);
+  }
+  return true;
+}
+
+bool ParseDetokenizeRequest(const std::string& body, v1::DetokenizeRequest* out, ApiError* error) {
+  json j;
+  if (!ParseBody(body, &j, error)) return false;
+  const Fields f(j, "", error);
+  std::optional<std::string> model;
+  if (!f.String("model", &model)) return false;
+  const json* tokens = f.Get("tokens");
+  if (!tokens || !tokens->is_array()) return f.Fail("tokens", "required: an array of token ids");
+  v1::TokenIds ids;
+  if (!ParseTokenIds(*tokens, "tokens", &ids, error)) return false;
+  out->mutable_token_ids()->Swap(ids.mutable_ids());
+  return true;
+}
+
+bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out, ApiError* error) {
+  json j;
+  if (!ParseBody(body, &j, error)) return false;
   const Fields f(j, "", error);
   std::optional<std::string> model;
   if (!f.String("model", &model)) return false;
@@ -395,7 +521,7 @@ bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out
   b.reset();
   if (!f.Bool("cache_prompt", &b)) return false;  // llama.cpp's name: false skips the prefix cache
   if (b) out->grpc.set_cache_prompt(*b);
-  if (!RejectUnsupported(endpoint, f)) return false;
+  if (!RejectUnsupported(f) || !ParseChoices(endpoint, f, out)) return false;
 
   if (endpoint == Endpoint::kChatCompletions) {
     if (!ParseMessages(j, out->grpc.mutable_chat(), error)) return false;
@@ -403,12 +529,22 @@ bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out
     if (!f.Bool("add_generation_prompt", &b)) return false;
     if (b) out->grpc.set_add_generation_prompt(*b);
   } else {
-    if (!ParsePrompt(j, &out->grpc, error)) return false;
+    if (!ParsePrompts(j, &out->prompts, error)) return false;
+    if (out->prompts.size() * static_cast<size_t>(out->best_of) > static_cast<size_t>(kMaxChoices)) {
+      return f.Fail("prompt", std::to_string(out->prompts.size()) + " prompts x best_of/n " +
+                                  std::to_string(out->best_of) + " is over " + std::to_string(kMaxChoices) +
+                                  " generations in one request");
+    }
+    out->grpc.MergeFrom(out->prompts.front());  // the first prompt; the others go in CallsFor
     b.reset();
     if (!f.Bool("add_bos", &b)) return false;
     if (b) out->grpc.set_add_bos(*b);
   }
   if (!ParseSampling(endpoint, f, out, error)) return false;
+  // echo with logprobs: the prompt's tokens come first in the logprobs (the server computes them).
+  if (out->echo && out->logprobs) out->grpc.set_prompt_logprobs(out->top_logprobs);
+  // best_of ranks candidates by their summed logprobs: the server must return them.
+  if (out->best_of > out->n && !out->grpc.sampling().has_logprobs()) out->grpc.mutable_sampling()->set_logprobs(1);
   return ParsePruning(j, &out->grpc, error);
 }
 

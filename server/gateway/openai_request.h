@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "asl/v1/generation.pb.h"
 #include "server/gateway/errors.h"
@@ -20,17 +21,47 @@ namespace asl::gateway {
 
 enum class Endpoint { kChatCompletions, kCompletions };
 
+// Most generations one request may ask for: prompts x best_of (or n).
+inline constexpr int kMaxChoices = 64;
+inline constexpr size_t kMaxBatchPrompts = 64;
+
 // A request ready to send, plus what shapes the response.
 struct ParsedRequest {
-  v1::GenerateRequest grpc;   // prompt, sampling, pruning; request_id left for the caller
+  v1::GenerateRequest grpc;   // prompt (the first, for a batch), sampling, pruning; request_id left for the caller
+  // Completions: each prompt of the batch (only the input set), in order; empty for chat.
+  std::vector<v1::GenerateRequest> prompts;
   std::string model;          // as the client named it
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool logprobs = false;       // return the sampled tokens' logprobs
   int top_logprobs = 0;        // alternatives per token to return (chat: top_logprobs; legacy: logprobs)
+  int n = 1;                   // choices per prompt
+  int best_of = 1;             // generations per prompt (>= n): the n with the highest summed logprob are returned
+  bool echo = false;           // completions: the prompt's text before the completion
 };
 
 // Parses `body`. On failure returns false and fills `error` (HTTP 400 naming the field).
 [[nodiscard]] bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out, ApiError* error);
+
+// One Generate call of a request: prompt p's k-th sample.
+struct GenerationCall {
+  v1::GenerateRequest grpc;
+  int prompt_index = 0;
+  int sample_index = 0;
+};
+// The calls a request makes, prompt by prompt, best_of samples each (a seeded request's k-th sample
+// uses seed + k, so samples differ; the server computes an identical prompt once).
+[[nodiscard]] std::vector<GenerationCall> CallsFor(const ParsedRequest& parsed);
+
+// POST /tokenize (vLLM's shape): {"prompt": "...", "add_special_tokens": true} or {"messages": [...],
+// "add_generation_prompt": true}, "model" optional, plus "return_token_strs". Returns false and
+// fills `error` (400 naming the field) on failure.
+struct ParsedTokenize {
+  v1::TokenizeRequest grpc;
+  bool return_token_strs = false;
+};
+[[nodiscard]] bool ParseTokenizeRequest(const std::string& body, ParsedTokenize* out, ApiError* error);
+// POST /detokenize: {"tokens": [ids...]}, "model" optional.
+[[nodiscard]] bool ParseDetokenizeRequest(const std::string& body, v1::DetokenizeRequest* out, ApiError* error);
 
 }  // namespace asl::gateway

@@ -5,7 +5,19 @@ namespace {
 
 using nlohmann::json;
 
-std::string TokenName(int32_t id) { return "token_id:" + std::to_string(id); }
+// A token's bytes as OpenAI's `bytes`: the list of byte values.
+json BytesJson(const std::string& bytes) {
+  json out = json::array();
+  for (unsigned char c : bytes) out.push_back(static_cast<int>(c));
+  return out;
+}
+
+// Characters (code points) of valid UTF-8: the bytes that do not continue a sequence.
+int64_t NumChars(const std::string& s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
 
 const char* OutcomeName(v1::SelectionOutcome o) {
   switch (o) {
@@ -24,9 +36,9 @@ json Envelope(const ResponseContext& ctx, bool chunk) {
           {"model", ctx.model}};
 }
 
-json Choice(const ResponseContext& ctx, const std::string& text, json logprobs, json finish_reason, bool delta,
-            bool with_role) {
-  json c = {{"index", 0}};
+json Choice(const ResponseContext& ctx, int index, const std::string& text, json logprobs, json finish_reason,
+            bool delta, bool with_role) {
+  json c = {{"index", index}};
   if (ctx.endpoint == Endpoint::kChatCompletions) {
     json msg = json::object();
     if (with_role) msg["role"] = "assistant";
@@ -42,33 +54,45 @@ json Choice(const ResponseContext& ctx, const std::string& text, json logprobs, 
 
 }  // namespace
 
-void LogprobsBuilder::Append(const v1::GenerateChunk& chunk, size_t text_offset) {
-  if (!ctx_.logprobs) return;
+void LogprobsBuilder::Add(const v1::TokenLogprob& lp, const v1::TopLogprobs* alternatives, bool first_of_prompt) {
   const bool chat = ctx_.endpoint == Endpoint::kChatCompletions;
-  for (int k = 0; k < chunk.logprobs_size(); ++k) {
-    const v1::TokenLogprob& lp = chunk.logprobs(k);
-    json top = chat ? json::array() : json::object();
-    if (k < chunk.top_logprobs_size()) {
-      const auto& cands = chunk.top_logprobs(k).candidates();
-      for (int c = 0; c < cands.size() && c < ctx_.top_logprobs; ++c) {
-        if (chat) {
-          top.push_back({{"token", TokenName(cands[c].token_id())}, {"logprob", cands[c].logprob()}, {"bytes", nullptr}});
-        } else {
-          top[TokenName(cands[c].token_id())] = cands[c].logprob();
-        }
+  json top = chat ? json::array() : json::object();
+  if (alternatives != nullptr) {
+    const auto& cands = alternatives->candidates();
+    for (int c = 0; c < cands.size() && c < ctx_.top_logprobs; ++c) {
+      if (chat) {
+        top.push_back({{"token", cands[c].text()},
+                       {"logprob", cands[c].logprob()},
+                       {"bytes", BytesJson(cands[c].token_bytes())}});
+      } else if (!top.contains(cands[c].text())) {  // two ids may share a text: the likelier one
+        top[cands[c].text()] = cands[c].logprob();
       }
     }
-    if (chat) {
-      content_.push_back({{"token", TokenName(lp.token_id())},
-                          {"logprob", lp.logprob()},
-                          {"bytes", nullptr},
-                          {"top_logprobs", std::move(top)}});
-    } else {
-      tokens_.push_back(TokenName(lp.token_id()));
-      token_logprobs_.push_back(lp.logprob());
-      top_.push_back(ctx_.top_logprobs > 0 ? std::move(top) : json(nullptr));
-      offsets_.push_back(text_offset);
-    }
+  }
+  if (chat) {
+    content_.push_back({{"token", lp.text()},
+                        {"logprob", lp.logprob()},
+                        {"bytes", BytesJson(lp.token_bytes())},
+                        {"top_logprobs", std::move(top)}});
+  } else {
+    tokens_.push_back(lp.text());
+    // The prompt's first token has no logprob: nothing precedes it (OpenAI's null).
+    token_logprobs_.push_back(first_of_prompt ? json(nullptr) : json(lp.logprob()));
+    top_.push_back(ctx_.top_logprobs > 0 && !first_of_prompt ? std::move(top) : json(nullptr));
+    offsets_.push_back(offset_);
+  }
+  offset_ += NumChars(lp.text());
+}
+
+void LogprobsBuilder::Append(const v1::GenerateChunk& chunk) {
+  if (!ctx_.logprobs) return;
+  for (int k = 0; k < chunk.prompt_logprobs_size(); ++k) {  // echo: the prompt's tokens first
+    Add(chunk.prompt_logprobs(k), k < chunk.prompt_top_logprobs_size() ? &chunk.prompt_top_logprobs(k) : nullptr,
+        /*first_of_prompt=*/k == 0);
+  }
+  for (int k = 0; k < chunk.logprobs_size(); ++k) {
+    Add(chunk.logprobs(k), k < chunk.top_logprobs_size() ? &chunk.top_logprobs(k) : nullptr,
+        /*first_of_prompt=*/false);
   }
 }
 
@@ -138,42 +162,119 @@ json AslJson(const std::string& request_id, const v1::GenerateComplete& complete
           {"pruning", std::move(pruning)}};
 }
 
+json UsageJson(const std::vector<const v1::GenerateComplete*>& completes, const std::vector<int>& prompt_of) {
+  int64_t prompt = 0, completion = 0, cached = 0;
+  for (size_t i = 0; i < completes.size(); ++i) {
+    const v1::Usage& u = completes[i]->usage();
+    const bool first_of_prompt = i == 0 || prompt_of[i] != prompt_of[i - 1];
+    if (first_of_prompt) {
+      prompt += u.prompt_tokens();
+      cached += u.cached_tokens();
+    }
+    completion += u.completion_tokens();
+  }
+  return {{"prompt_tokens", prompt},
+          {"completion_tokens", completion},
+          {"total_tokens", prompt + completion},
+          {"prompt_tokens_details", {{"cached_tokens", cached}}}};
+}
+
+json CompletionJson(const ResponseContext& ctx, const std::vector<ChoiceOut>& choices, json usage) {
+  json j = Envelope(ctx, /*chunk=*/false);
+  j["choices"] = json::array();
+  json asl_choices = json::array();
+  for (const ChoiceOut& c : choices) {
+    j["choices"].push_back(Choice(ctx, c.index, c.text, c.logprobs, FinishReasonName(c.complete->finish_reason()),
+                                  /*delta=*/false, /*with_role=*/true));
+    asl_choices.push_back(AslJson(ctx.request_id, *c.complete));
+  }
+  j["usage"] = std::move(usage);
+  j["asl"] = asl_choices.empty() ? json(nullptr) : asl_choices[0];
+  if (asl_choices.size() > 1) j["asl"]["choices"] = std::move(asl_choices);
+  return j;
+}
+
 json CompletionJson(const ResponseContext& ctx, const std::string& text, json logprobs,
                     const v1::GenerateComplete& complete) {
-  json j = Envelope(ctx, /*chunk=*/false);
-  j["choices"] = json::array({Choice(ctx, text, std::move(logprobs), FinishReasonName(complete.finish_reason()),
-                                     /*delta=*/false, /*with_role=*/true)});
-  j["usage"] = UsageJson(complete);
-  j["asl"] = AslJson(ctx.id, complete);
+  return CompletionJson(ctx, {ChoiceOut{0, text, std::move(logprobs), &complete}}, UsageJson(complete));
+}
+
+json RoleChunkJson(const ResponseContext& ctx, int index) {
+  json j = Envelope(ctx, /*chunk=*/true);
+  j["choices"] = json::array({Choice(ctx, index, "", nullptr, nullptr, /*delta=*/true, /*with_role=*/true)});
   return j;
 }
 
-json RoleChunkJson(const ResponseContext& ctx) {
+json DeltaChunkJson(const ResponseContext& ctx, const std::string& text, json logprobs, int index) {
   json j = Envelope(ctx, /*chunk=*/true);
-  j["choices"] = json::array({Choice(ctx, "", nullptr, nullptr, /*delta=*/true, /*with_role=*/true)});
+  j["choices"] =
+      json::array({Choice(ctx, index, text, std::move(logprobs), nullptr, /*delta=*/true, /*with_role=*/false)});
   return j;
 }
 
-json DeltaChunkJson(const ResponseContext& ctx, const std::string& text, json logprobs) {
+json FinishChunkJson(const ResponseContext& ctx, const v1::GenerateComplete& complete, int index) {
   json j = Envelope(ctx, /*chunk=*/true);
-  j["choices"] = json::array({Choice(ctx, text, std::move(logprobs), nullptr, /*delta=*/true, /*with_role=*/false)});
-  return j;
-}
-
-json FinishChunkJson(const ResponseContext& ctx, const v1::GenerateComplete& complete) {
-  json j = Envelope(ctx, /*chunk=*/true);
-  json c = Choice(ctx, "", nullptr, FinishReasonName(complete.finish_reason()), /*delta=*/true, /*with_role=*/false);
+  json c = Choice(ctx, index, "", nullptr, FinishReasonName(complete.finish_reason()), /*delta=*/true,
+                  /*with_role=*/false);
   if (ctx.endpoint == Endpoint::kChatCompletions) c["delta"] = json::object();
   j["choices"] = json::array({std::move(c)});
-  j["asl"] = AslJson(ctx.id, complete);
+  j["asl"] = AslJson(ctx.request_id, complete);
+  return j;
+}
+
+json UsageChunkJson(const ResponseContext& ctx, json usage) {
+  json j = Envelope(ctx, /*chunk=*/true);
+  j["choices"] = json::array();
+  j["usage"] = std::move(usage);
   return j;
 }
 
 json UsageChunkJson(const ResponseContext& ctx, const v1::GenerateComplete& complete) {
-  json j = Envelope(ctx, /*chunk=*/true);
-  j["choices"] = json::array();
-  j["usage"] = UsageJson(complete);
-  return j;
+  return UsageChunkJson(ctx, UsageJson(complete));
+}
+
+std::string ModelId(const std::string& model_name, const v1::ModelInfo& info) {
+  if (!model_name.empty()) return model_name;
+  std::string path = info.path();
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  std::string stem = path.substr(path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1);
+  for (const char* ext : {".gguf", ".safetensors", ".bin"}) {
+    const std::string e = ext;
+    if (stem.size() > e.size() && stem.compare(stem.size() - e.size(), e.size(), e) == 0) {
+      stem.resize(stem.size() - e.size());
+      break;
+    }
+  }
+  for (char& c : stem) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '_' || c == '-';
+    if (!ok) c = '-';
+  }
+  if (stem.empty()) stem = info.name().empty() ? "model" : info.name();
+  return stem;
+}
+
+json ModelJson(const std::string& id, const v1::ModelInfo& info, int64_t created) {
+  return {{"id", id},
+          {"object", "model"},
+          {"created", created},
+          {"owned_by", "asl-serve"},
+          {"root", id},
+          {"parent", nullptr},
+          {"max_model_len", info.context_length()},
+          {"asl",
+           {{"name", info.name()},
+            {"arch", info.arch()},
+            {"device", info.device()},
+            {"dtype", info.dtype()},
+            {"num_layers", info.num_layers()},
+            {"vocab_size", info.vocab_size()},
+            {"max_prompt_tokens", info.max_prompt_tokens()},
+            {"kv_blocks_total", info.kv_blocks_total()},
+            {"kv_block_size", info.kv_block_size()},
+            {"kv_bytes_total", info.kv_bytes_total()},
+            {"kv_dtype", info.kv_dtype()},
+            {"policies", json(info.policies())}}}};
 }
 
 std::string SseEvent(const json& j) {

@@ -419,8 +419,19 @@ TEST_F(EngineTest, BadRequestsAreRefusedWithTheFieldNamed) {
   r.sampling.top_p = 1.5;
   expect(r, StatusCode::kInvalidArgument, "top_p");
   r = ok;
-  r.sampling.max_tokens = 0;
+  r.sampling.max_tokens = -1;
   expect(r, StatusCode::kInvalidArgument, "max_tokens");
+  r = ok;  // 0 = the rest of the context, capped by the pool: 720 tokens fill 1350 of its 1365 blocks,
+  r.prompt_ids = Prompt(720, 3);  // and one more token needs a block per layer (30)
+  r.sampling.max_tokens = 0;
+  expect(r, StatusCode::kOutOfRange, "leave no room for output");
+  r = ok;
+  r.prompt_logprobs = 1;
+  r.pruning.policy = PolicyKind::kAsl;  // cuts prompt rows: no logprob for every position
+  expect(r, StatusCode::kInvalidArgument, "prompt_logprobs");
+  r.pruning.policy = PolicyKind::kFull;
+  r.prompt_logprobs = 21;
+  expect(r, StatusCode::kInvalidArgument, "prompt_logprobs");
   r = ok;
   r.pruning.tau = 0;
   expect(r, StatusCode::kInvalidArgument, "tau");

@@ -10,6 +10,7 @@
 #include "server/gateway/errors.h"
 #include "server/gateway/openai_request.h"
 #include "server/gateway/openai_response.h"
+#include "server/gateway/request_id.h"
 
 namespace asl::gateway {
 namespace {
@@ -59,6 +60,21 @@ TEST(ParseRequest, ChatMapsOpenAiAndAslFields) {
   EXPECT_TRUE(g.has_cache_prompt() && !g.cache_prompt());
 }
 
+TEST(ParseRequest, OpenAiDefaults) {
+  // No temperature: OpenAI's 1, not the gRPC default (greedy). No max_tokens: 0, the rest of the
+  // context (vLLM's default), not the gRPC default of 256.
+  for (Endpoint e : {Endpoint::kChatCompletions, Endpoint::kCompletions}) {
+    const ParsedRequest r = ParseOk(e, R"({"model": "m", "prompt": "x", "messages": [{"role": "user", "content": "x"}]})");
+    EXPECT_TRUE(r.grpc.sampling().has_temperature());
+    EXPECT_DOUBLE_EQ(r.grpc.sampling().temperature(), 1.0);
+    EXPECT_TRUE(r.grpc.sampling().has_max_tokens());
+    EXPECT_EQ(r.grpc.sampling().max_tokens(), 0);
+  }
+  const ParsedRequest g = ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "temperature": 0, "max_tokens": 9})");
+  EXPECT_DOUBLE_EQ(g.grpc.sampling().temperature(), 0.0);
+  EXPECT_EQ(g.grpc.sampling().max_tokens(), 9);
+}
+
 TEST(ParseRequest, CompletionPromptForms) {
   EXPECT_EQ(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "hi"})").grpc.prompt(), "hi");
   EXPECT_EQ(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": ["hi"]})").grpc.prompt(), "hi");
@@ -66,10 +82,44 @@ TEST(ParseRequest, CompletionPromptForms) {
   EXPECT_EQ(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": [[4, 5]]})").grpc.token_ids().ids(1), 5);
   const ParsedRequest lp = ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "logprobs": 3})");
   EXPECT_EQ(lp.grpc.sampling().logprobs(), 3);
-  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": ["a", "b"]})").param, "prompt");
   EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": [1, -2]})").param, "prompt[1]");
+  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": [[1], -2]})").param, "prompt[1]");
+  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": ["a", [1, -2]]})").param, "prompt[1][1]");
   EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m"})").param, "prompt");
-  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "echo": true})").param, "echo");
+  const ParsedRequest echo = ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "echo": true, "logprobs": 2})");
+  EXPECT_TRUE(echo.echo);
+  EXPECT_EQ(echo.grpc.prompt_logprobs(), 2);  // the server computes the prompt's logprobs
+  EXPECT_FALSE(ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "echo": true})").grpc.has_prompt_logprobs());
+}
+
+TEST(ParseRequest, BatchesNAndBestOfMakeOneCallPerGeneration) {
+  const ParsedRequest r = ParseOk(Endpoint::kCompletions,
+                                  R"({"model": "m", "prompt": ["a", [5, 6]], "n": 2, "seed": 10, "max_tokens": 3})");
+  EXPECT_EQ(r.n, 2);
+  const std::vector<GenerationCall> calls = CallsFor(r);
+  ASSERT_EQ(calls.size(), 4u);
+  EXPECT_EQ(calls[0].grpc.prompt(), "a");
+  EXPECT_EQ(calls[1].grpc.prompt(), "a");
+  EXPECT_EQ(calls[2].grpc.token_ids().ids(1), 6);
+  EXPECT_EQ(calls[3].prompt_index, 1);
+  EXPECT_EQ(calls[3].sample_index, 1);
+  EXPECT_EQ(calls[0].grpc.sampling().seed(), 10u);
+  EXPECT_EQ(calls[1].grpc.sampling().seed(), 11u);  // samples differ
+  EXPECT_EQ(calls[2].grpc.sampling().seed(), 10u);
+  EXPECT_EQ(calls[3].grpc.sampling().max_tokens(), 3);
+  const ParsedRequest b = ParseOk(Endpoint::kCompletions, R"({"model": "m", "prompt": "a", "n": 2, "best_of": 3})");
+  EXPECT_EQ(CallsFor(b).size(), 3u);
+  EXPECT_EQ(b.grpc.sampling().logprobs(), 1);  // to rank the candidates
+  EXPECT_FALSE(b.logprobs);                    // but not returned
+  const ParsedRequest chat = ParseOk(Endpoint::kChatCompletions, R"({"model": "m", "n": 3, "messages": [{"role": "user", "content": "x"}]})");
+  EXPECT_EQ(CallsFor(chat).size(), 3u);
+  EXPECT_EQ(CallsFor(chat)[2].grpc.chat().messages_size(), 1);
+  const Endpoint c = Endpoint::kCompletions;
+  EXPECT_EQ(ParseFails(c, R"({"model": "m", "prompt": "a", "n": 0})").param, "n");
+  EXPECT_EQ(ParseFails(c, R"({"model": "m", "prompt": "a", "n": 65})").param, "n");
+  EXPECT_EQ(ParseFails(c, R"({"model": "m", "prompt": "a", "n": 2, "best_of": 1})").param, "best_of");
+  EXPECT_EQ(ParseFails(c, R"({"model": "m", "prompt": "a", "best_of": 2, "stream": true})").param, "best_of");
+  EXPECT_EQ(ParseFails(c, R"({"model": "m", "prompt": ["a", "b"], "n": 40})").param, "prompt");
 }
 
 TEST(ParseRequest, ErrorsNameTheField) {
@@ -81,7 +131,7 @@ TEST(ParseRequest, ErrorsNameTheField) {
   EXPECT_EQ(ParseFails(chat, R"({"model": "m"})").param, "messages");
   EXPECT_EQ(ParseFails(chat, R"({"model": "m", "messages": []})").param, "messages");
   EXPECT_EQ(ParseFails(chat, R"({"model": "m", "messages": [{"role": 1}]})").param, "messages[0].role");
-  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "n": 2, )" + msgs + "}").param, "n");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "n": 0, )" + msgs + "}").param, "n");
   EXPECT_EQ(ParseFails(chat, R"({"model": "m", "temperature": 2.5, )" + msgs + "}").param, "temperature");
   EXPECT_EQ(ParseFails(chat, R"({"model": "m", "max_tokens": 1.5, )" + msgs + "}").param, "max_tokens");
   EXPECT_EQ(ParseFails(chat, R"({"model": "m", "stop": [1], )" + msgs + "}").param, "stop");
@@ -140,7 +190,7 @@ TEST(ParseRequest, NoValueOfAnyTypeAnywhereThrows) {
     "presence_penalty": 0.1, "frequency_penalty": 0.2, "top_k": 3, "min_p": 0.05, "repetition_penalty": 1.1,
     "ignore_eos": true, "logprobs": true, "top_logprobs": 2, "stream": true, "stop_token_ids": [2],
     "stream_options": {"include_usage": true}, "user": "u", "n": 1, "add_generation_prompt": true,
-    "response_format": {"type": "text"}, "tools": [], "logit_bias": {},
+    "response_format": {"type": "text"}, "tools": [], "logit_bias": {"5": 1.5},
     "pruning": {"policy": "asl", "tau": 0.25, "kv_budget": 256, "select_k": 256, "detailed_report": true}})"));
   EveryValueOfEveryType(Endpoint::kCompletions, nlohmann::json::parse(R"({
     "model": "m", "prompt": [[1, 2, 3]], "max_tokens": 5, "logprobs": 2, "echo": false, "best_of": 1,
@@ -253,6 +303,142 @@ TEST(Responses, UsageAndFinishChunk) {
   EXPECT_TRUE(fin["choices"][0]["delta"].empty());
   EXPECT_EQ(UsageChunkJson(ctx, c)["choices"].size(), 0u);
   EXPECT_EQ(SseEvent(nlohmann::json{{"a", 1}}), "data: {\"a\":1}\n\n");
+}
+
+TEST(Responses, LogprobsCarryTheTokensTextAndBytes) {
+  // "é🙂": the emoji's 4 bytes split over two tokens; the first has its bytes and "" as text.
+  v1::GenerateChunk chunk;
+  auto add = [&](int32_t id, const std::string& text, const std::string& bytes, float lp) {
+    v1::TokenLogprob* t = chunk.add_logprobs();
+    t->set_token_id(id);
+    t->set_text(text);
+    t->set_token_bytes(bytes);
+    t->set_logprob(lp);
+    v1::TokenLogprob* alt = chunk.add_top_logprobs()->add_candidates();
+    *alt = *t;
+    alt->set_text(text.empty() ? "\xEF\xBF\xBD" : text);
+    v1::TokenLogprob* other = chunk.mutable_top_logprobs(chunk.top_logprobs_size() - 1)->add_candidates();
+    *other = *alt;  // another id with the same text: legacy keeps the likelier
+    other->set_logprob(lp - 1);
+  };
+  add(7, "\xC3\xA9", "\xC3\xA9", -0.5f);
+  add(8, "", "\xF0\x9F", -1.f);
+  add(9, "\xF0\x9F\x99\x82", "\x99\x82", -2.f);
+  ResponseContext ctx;
+  ctx.logprobs = true;
+  ctx.top_logprobs = 2;
+  LogprobsBuilder chat(ctx);
+  chat.Append(chunk);
+  const nlohmann::json c = chat.Take()["content"];
+  ASSERT_EQ(c.size(), 3u);
+  EXPECT_EQ(c[1]["token"], "");
+  EXPECT_EQ(c[1]["bytes"], nlohmann::json::array({0xF0, 0x9F}));
+  EXPECT_EQ(c[2]["token"], "\xF0\x9F\x99\x82");
+  EXPECT_EQ(c[2]["bytes"], nlohmann::json::array({0x99, 0x82}));
+  EXPECT_EQ(c[1]["top_logprobs"][0]["token"], "\xEF\xBF\xBD");
+  EXPECT_EQ(c[1]["top_logprobs"].size(), 2u);
+
+  ResponseContext legacy_ctx = ctx;
+  legacy_ctx.endpoint = Endpoint::kCompletions;
+  LogprobsBuilder legacy(legacy_ctx);
+  legacy.Append(chunk);
+  const nlohmann::json l = legacy.Take();
+  EXPECT_EQ(l["tokens"], nlohmann::json::array({"\xC3\xA9", "", "\xF0\x9F\x99\x82"}));
+  EXPECT_EQ(l["text_offset"], nlohmann::json::array({0, 1, 1}));  // characters, not bytes
+  EXPECT_EQ(l["top_logprobs"][0].size(), 1u);
+  EXPECT_FLOAT_EQ(l["top_logprobs"][0]["\xC3\xA9"].get<float>(), -0.5f);
+}
+
+TEST(Responses, EchoLogprobsPutThePromptFirstWithANullFirstLogprob) {
+  v1::GenerateChunk chunk;
+  for (const char* t : {"The", " sky"}) {
+    v1::TokenLogprob* p = chunk.add_prompt_logprobs();
+    p->set_text(t);
+    p->set_logprob(-3.f);
+    chunk.add_prompt_top_logprobs();
+  }
+  chunk.mutable_prompt_top_logprobs(1)->add_candidates()->set_text(" sea");
+  v1::TokenLogprob* g = chunk.add_logprobs();
+  g->set_text(" is");
+  g->set_logprob(-1.f);
+  chunk.add_top_logprobs();
+  ResponseContext ctx;
+  ctx.endpoint = Endpoint::kCompletions;
+  ctx.logprobs = true;
+  ctx.top_logprobs = 1;
+  LogprobsBuilder b(ctx);
+  b.Append(chunk);
+  const nlohmann::json l = b.Take();
+  EXPECT_EQ(l["tokens"], nlohmann::json::array({"The", " sky", " is"}));
+  EXPECT_TRUE(l["token_logprobs"][0].is_null());
+  EXPECT_FLOAT_EQ(l["token_logprobs"][1].get<float>(), -3.f);
+  EXPECT_TRUE(l["top_logprobs"][0].is_null());
+  EXPECT_TRUE(l["top_logprobs"][1].contains(" sea"));
+  EXPECT_EQ(l["text_offset"], nlohmann::json::array({0, 3, 7}));
+}
+
+TEST(Models, IdIsTheNameOrTheFileStemWithoutPathsOrSpaces) {
+  v1::ModelInfo info;
+  info.set_name("SmolLM2 135M Instruct");
+  info.set_path("/abs/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+  EXPECT_EQ(ModelId("", info), "SmolLM2-135M-Instruct.Q4_1");
+  EXPECT_EQ(ModelId("my-model", info), "my-model");
+  info.set_path("/data/hf/Qwen2.5 0.5B/");  // a safetensors directory
+  EXPECT_EQ(ModelId("", info), "Qwen2.5-0.5B");
+  const nlohmann::json m = ModelJson("x", info, 5);
+  EXPECT_EQ(m["root"], "x");
+  EXPECT_EQ(m.dump().find("/data"), std::string::npos);
+}
+
+TEST(RequestId, SanitisedBoundedOrNew) {
+  EXPECT_EQ(SanitizeRequestId("abc-123_x.y:z"), "abc-123_x.y:z");
+  EXPECT_EQ(SanitizeRequestId("a b\r\n<script>"), "abscript");
+  EXPECT_EQ(SanitizeRequestId(std::string(500, 'k')).size(), kMaxRequestIdBytes);
+  EXPECT_EQ(RequestIdFor("given"), "given");
+  const std::string a = RequestIdFor(" \t"), b = RequestIdFor("");
+  EXPECT_FALSE(a.empty());
+  EXPECT_NE(a, b);
+}
+
+TEST(ParseTokenize, PromptOrMessages) {
+  ParsedTokenize t;
+  ApiError err;
+  ASSERT_TRUE(ParseTokenizeRequest(R"({"model": "m", "prompt": "hi", "add_special_tokens": false})", &t, &err));
+  EXPECT_EQ(t.grpc.text(), "hi");
+  EXPECT_TRUE(t.grpc.has_add_bos() && !t.grpc.add_bos());
+  ParsedTokenize c;
+  ASSERT_TRUE(ParseTokenizeRequest(R"({"messages": [{"role": "developer", "content": "x"}], "return_token_strs": true})",
+                                   &c, &err));
+  EXPECT_EQ(c.grpc.chat().messages_size(), 1);
+  EXPECT_TRUE(c.grpc.return_pieces());
+  ParsedTokenize bad;
+  EXPECT_FALSE(ParseTokenizeRequest(R"({"prompt": "a", "messages": []})", &bad, &err));
+  EXPECT_EQ(err.param, "prompt");
+  v1::DetokenizeRequest d;
+  ASSERT_TRUE(ParseDetokenizeRequest(R"({"tokens": [1, 2, 3]})", &d, &err));
+  EXPECT_EQ(d.token_ids_size(), 3);
+  EXPECT_FALSE(ParseDetokenizeRequest(R"({"tokens": [1, -2]})", &d, &err));
+  EXPECT_EQ(err.param, "tokens[1]");
+}
+
+TEST(ParseRequest, LogitBiasAndDeveloperRole) {
+  const ParsedRequest r = ParseOk(Endpoint::kChatCompletions, R"({"model": "m",
+    "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    "logit_bias": {"42": -100, "7": 2.5}})");
+  EXPECT_EQ(r.grpc.chat().messages(0).role(), "system");  // OpenAI's developer = system
+  ASSERT_EQ(r.grpc.sampling().logit_bias_size(), 2);
+  EXPECT_FLOAT_EQ(r.grpc.sampling().logit_bias().at(42), -100.f);
+  EXPECT_FLOAT_EQ(r.grpc.sampling().logit_bias().at(7), 2.5f);
+  for (const char* bad : {R"({"x": 1})", R"({"-1": 1})", R"({"5": 101})", R"({"5": "a"})", R"({"1e3": 1})", R"([1])"}) {
+    const ApiError e = ParseFails(Endpoint::kChatCompletions,
+                                  std::string(R"({"model": "m", "messages": [{"role": "user", "content": "Hi"}], "logit_bias": )") +
+                                      bad + "}");
+    EXPECT_EQ(e.param, "logit_bias") << bad;
+  }
+  const ApiError e = FromGrpcStatus(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                                 "sampling.logit_bias[99999]: token id 99999 outside the vocabulary"));
+  EXPECT_EQ(e.param, "logit_bias");
+  EXPECT_EQ(e.message, "logit_bias: token id 99999 outside the vocabulary");
 }
 
 }  // namespace

@@ -31,6 +31,68 @@ def test_health_and_models(stack, client):
     assert "asl" in info["policies"]
 
 
+def test_models_have_a_clean_id_and_no_local_paths(stack, client):
+    m = client.models.list().data[0]
+    assert m.id == "SmolLM2-135M-Instruct.Q4_1"  # the model file's stem
+    r = requests.get(stack.base_url + "/v1/models", timeout=10)
+    assert "/" not in json.dumps(r.json()["data"][0]["root"]) and "models/" not in r.text
+    one = client.models.retrieve(m.id)
+    assert one.id == m.id and one.object == "model" and one.owned_by == "asl-serve"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-4o")
+    assert e.value.status_code == 404 and e.value.code == "model_not_found" and e.value.param == "model"
+
+
+def test_x_request_id_is_returned_always_and_reaches_the_server(stack, model):
+    r = requests.post(stack.base_url + "/v1/completions", headers={"x-request-id": "my-id.42"}, timeout=60,
+                      json={"model": model, "prompt": "Hi", "max_tokens": 2, "temperature": 0})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "my-id.42"
+    assert r.json()["asl"]["request_id"] == "my-id.42"
+    assert "request my-id.42 start" in stack.logs()  # asl-server logs it
+    # Sanitised and bounded; generated when absent; on errors and unknown routes too.
+    r = requests.post(stack.base_url + "/v1/completions", headers={"x-request-id": "a b\t<c>" + "x" * 300},
+                      json={"model": model, "prompt": "Hi", "max_tokens": 1}, timeout=60)
+    assert r.headers["x-request-id"] == "abc" + "x" * 125
+    ids = set()
+    for method, path in [("GET", "/v1/models"), ("GET", "/nothing"), ("DELETE", "/v1/completions"),
+                         ("POST", "/v1/completions"), ("GET", "/health")]:
+        rid = requests.request(method, stack.base_url + path, timeout=30).headers["x-request-id"]
+        assert rid and len(rid) <= 128
+        ids.add(rid)
+    assert len(ids) == 5
+    # Streams too.
+    with requests.post(stack.base_url + "/v1/chat/completions", headers={"x-request-id": "s-1"}, stream=True,
+                       json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                             "stream": True}, timeout=60) as r:
+        assert r.headers["x-request-id"] == "s-1"
+
+
+def test_tokenize_detokenize_version(stack, model):
+    url = stack.base_url
+    r = requests.post(url + "/tokenize", json={"model": model, "prompt": "héllo wörld 🙂"}, timeout=30)
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert t["count"] == len(t["tokens"]) > 0 and t["max_model_len"] == 8192
+    d = requests.post(url + "/detokenize", json={"model": model, "tokens": t["tokens"]}, timeout=30).json()
+    assert d == {"prompt": "héllo wörld 🙂"}
+    # The same tokens a completion's usage counts.
+    c = requests.post(url + "/v1/completions", json={"model": model, "prompt": "héllo wörld 🙂", "max_tokens": 1},
+                      timeout=60).json()
+    assert c["usage"]["prompt_tokens"] == t["count"]
+    chat = requests.post(url + "/tokenize", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                  "return_token_strs": True}, timeout=30).json()
+    c = requests.post(url + "/v1/chat/completions", timeout=60, json={
+        "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}).json()
+    assert chat["count"] == c["usage"]["prompt_tokens"] and "".join(chat["token_strs"]).endswith("assistant\n")
+    for path, body, param in [("/tokenize", {}, "prompt"), ("/tokenize", {"prompt": 5}, "prompt"),
+                              ("/tokenize", {"prompt": ""}, "prompt"), ("/detokenize", {"tokens": "x"}, "tokens"),
+                              ("/detokenize", {"tokens": [1, 10_000_000]}, "tokens[1]")]:
+        r = requests.post(url + path, json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, body, r.text)
+    v = requests.get(url + "/version", timeout=10)
+    assert v.status_code == 200 and v.json()["version"]
+
+
 def test_health_is_503_when_the_backend_is_down(tmp_path):
     port = free_port()
     gw = Process("asl-gateway-dead-backend", [
@@ -131,10 +193,208 @@ def test_logprobs(client, model):
     content = r.choices[0].logprobs.content
     assert len(content) == 3
     for t in content:
-        assert t.token.startswith("token_id:") and t.logprob <= 0
+        assert t.logprob <= 0
         assert len(t.top_logprobs) == 2
         # Greedy: the sampled token is the most likely one.
-        assert t.top_logprobs[0].token == t.token
+        assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].bytes == t.bytes
+        assert t.top_logprobs[0].logprob == t.logprob
+
+
+def _assert_tokens_make_the_text(text, tokens, token_bytes):
+    # The tokens' texts concatenate to the text, and their bytes to its UTF-8 (a token that holds
+    # only part of a character has its bytes and "": the token that completes it has the character).
+    assert "".join(tokens) == text
+    assert bytes(b for tb in token_bytes for b in tb) == text.encode()
+
+
+@pytest.mark.parametrize("content", [
+    "Say hello.",
+    "Repeat exactly: naïve café, 北京, 🙂🎉",  # multi-byte characters, some split across tokens
+])
+def test_logprob_tokens_concatenate_to_the_text(client, model, content):
+    messages = [{"role": "user", "content": content}]
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0,
+                                       logprobs=True, top_logprobs=1)
+    c = r.choices[0]
+    lp = c.logprobs.content
+    if c.finish_reason == "stop":  # the end-of-turn token adds nothing to the text
+        assert lp[-1].token == "" and lp[-1].bytes == []
+    _assert_tokens_make_the_text(c.message.content, [t.token for t in lp], [t.bytes for t in lp])
+    assert len(lp) == r.usage.completion_tokens
+
+    # Streamed: each chunk's tokens make that chunk's text.
+    text, tokens, token_bytes = "", [], []
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0,
+                                                logprobs=True, stream=True):
+        for ch in chunk.choices:
+            text += ch.delta.content or ""
+            for t in (ch.logprobs.content if ch.logprobs else None) or []:
+                tokens.append(t.token)
+                token_bytes.append(t.bytes)
+    assert text == c.message.content
+    _assert_tokens_make_the_text(text, tokens, token_bytes)
+
+    # Legacy completions: tokens, offsets in characters.
+    r = client.completions.create(model=model, prompt=content, max_tokens=16, temperature=0, logprobs=2,
+                                  extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    text = r.choices[0].text
+    assert "".join(lp.tokens) == text
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 16
+    for tok, off in zip(lp.tokens, lp.text_offset):
+        assert text[off:off + len(tok)] == tok
+    assert all(isinstance(t, dict) and 1 <= len(t) <= 2 for t in lp.top_logprobs)
+
+
+def test_no_temperature_means_openai_default_of_one(client, model):
+    # Seeded draws are reproducible: no temperature samples exactly as temperature=1 does.
+    def ask(**kw):
+        kw.setdefault("seed", 11)
+        return client.completions.create(model=model, prompt="Once upon a time", max_tokens=16,
+                                         extra_body={"ignore_eos": True}, **kw).choices[0].text
+    default = ask()
+    assert default == ask(temperature=1.0)
+    assert {default, ask(seed=12), ask(seed=13)} != {ask(temperature=0)}
+
+
+def test_no_max_tokens_means_the_rest_of_the_context(tmp_path):
+    # A 64-token context: without max_tokens the request runs until prompt + output fill it.
+    from conftest import start_stack
+    with start_stack(tmp_path, "--scheduler.max_model_len=64") as s:
+        import openai as oa
+        c = oa.OpenAI(base_url=s.base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        r = c.completions.create(model="m", prompt="The capital of France is", temperature=0,
+                                 extra_body={"ignore_eos": True})
+        assert r.choices[0].finish_reason == "length"
+        assert r.usage.prompt_tokens + r.usage.completion_tokens == 64
+        r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], temperature=0,
+                                      extra_body={"ignore_eos": True})
+        assert r.usage.prompt_tokens + r.usage.completion_tokens == 64
+
+
+def test_n_gives_independent_choices(client, model):
+    messages = [{"role": "user", "content": "Write a short poem about the sea."}]
+    r = client.chat.completions.create(model=model, messages=messages, n=2, temperature=1.0, seed=3, max_tokens=16)
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.choices[0].message.content != r.choices[1].message.content
+    # (Not compared with a rerun: a rerun's prefill hits the prefix cache or packs differently, which
+    # changes float rounding, and a sample at T=1 may follow it.)
+    one = client.chat.completions.create(model=model, messages=messages, temperature=1.0, seed=3, max_tokens=16)
+    assert r.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once
+    assert r.usage.completion_tokens > max(len(r.choices[0].logprobs or []), 1)  # both choices' tokens
+    assert len(r.model_extra["asl"]["choices"]) == 2
+    # Streamed: both choices, each whole, told apart by index.
+    texts = {}
+    for chunk in client.chat.completions.create(model=model, messages=messages, n=2, temperature=1.0, seed=3,
+                                                max_tokens=16, stream=True):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+    assert sorted(texts) == [0, 1] and texts[0] and texts[1] and texts[0] != texts[1]
+
+
+def test_batched_prompts_and_best_of(client, model):
+    prompts = ["The capital of France is", [504, 3575, 282, 4649, 314], "One, two, three,"]
+    r = client.completions.create(model=model, prompt=prompts, max_tokens=5, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    for i, p in enumerate(prompts):
+        alone = client.completions.create(model=model, prompt=p, max_tokens=5, temperature=0,
+                                          extra_body={"ignore_eos": True})
+        assert r.choices[i].text == alone.choices[0].text
+    assert r.usage.completion_tokens == 15
+    # n per prompt: indices prompt * n + k.
+    r = client.completions.create(model=model, prompt=prompts[:2], n=2, max_tokens=4, seed=1,
+                                  extra_body={"ignore_eos": True})
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    # best_of: the candidate with the highest summed logprob of best_of samples.
+    lp = lambda c: sum(c.logprobs.token_logprobs)
+    cands = client.completions.create(model=model, prompt=prompts[0], n=3, seed=1, max_tokens=6, logprobs=0,
+                                      extra_body={"ignore_eos": True})
+    best = client.completions.create(model=model, prompt=prompts[0], best_of=3, seed=1, max_tokens=6, logprobs=0,
+                                     extra_body={"ignore_eos": True})
+    assert len(best.choices) == 1
+    assert best.choices[0].text == max(cands.choices, key=lp).text
+    assert best.usage.completion_tokens == 18  # every candidate is generated
+
+
+def test_echo_returns_the_prompt(client, model):
+    r = client.completions.create(model=model, prompt="The capital of France is", max_tokens=4, temperature=0,
+                                  echo=True, extra_body={"ignore_eos": True})
+    plain = client.completions.create(model=model, prompt="The capital of France is", max_tokens=4, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    assert r.choices[0].text == "The capital of France is" + plain.choices[0].text
+    ids = [504, 3575, 282, 4649, 314]
+    r = client.completions.create(model=model, prompt=ids, max_tokens=2, temperature=0, echo=True,
+                                  extra_body={"ignore_eos": True})
+    assert r.choices[0].text.startswith("The capital of France")
+    text = "".join(c.choices[0].text for c in client.completions.create(
+        model=model, prompt="The capital of France is", max_tokens=4, temperature=0, echo=True, stream=True,
+        extra_body={"ignore_eos": True}) if c.choices)
+    assert text == "The capital of France is" + plain.choices[0].text
+
+
+def test_echo_with_logprobs_scores_the_prompt(stack, client, model):
+    prompt = [504, 3575, 282, 4649, 314]  # "The capital of France is"
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=3, temperature=0, echo=True, logprobs=1,
+                                  extra_body={"ignore_eos": True})
+    c = r.choices[0]
+    lp = c.logprobs
+    assert c.text.startswith("The capital of France is")
+    assert len(lp.tokens) == len(prompt) + 3
+    assert "".join(lp.tokens) == c.text
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing precedes the first token
+    assert all(x <= 0 for x in lp.token_logprobs[1:])
+    assert all(len(t) == 1 for t in lp.top_logprobs[1:])
+    assert [c.text[o:o + len(t)] for t, o in zip(lp.tokens, lp.text_offset)] == lp.tokens
+    # A prompt token's logprob is what generating it would have scored: the greedy first token,
+    # appended to the prompt, gets the logprob it was generated with.
+    first = client.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0, logprobs=1,
+                                      extra_body={"ignore_eos": True}).choices[0]
+    [next_id] = _ids(stack, first.text)
+    scored = client.completions.create(model=model, prompt=prompt + [next_id], max_tokens=1, temperature=0, echo=True,
+                                       logprobs=1, extra_body={"ignore_eos": True}).choices[0].logprobs
+    assert scored.tokens[len(prompt)] == first.text
+    assert scored.token_logprobs[len(prompt)] == pytest.approx(first.logprobs.token_logprobs[0], abs=2e-3)
+    # Policies that cut the prompt's rows cannot score every position.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt=prompt, max_tokens=1, echo=True, logprobs=1,
+                                  extra_body={"pruning": {"policy": "asl"}})
+    assert e.value.param == "echo"
+
+
+def _ids(stack, text):
+    return requests.post(stack.base_url + "/tokenize", json={"prompt": text, "add_special_tokens": False},
+                         timeout=30).json()["tokens"]
+
+
+def test_logit_bias_bans_and_forces_tokens(stack, client, model):
+    def first(**kw):
+        r = client.completions.create(model=model, prompt="The capital of France is", max_tokens=1, temperature=0,
+                                      extra_body={"ignore_eos": True}, **kw)
+        return r.choices[0].text
+    greedy = first()
+    [greedy_id] = _ids(stack, greedy)
+    banned = first(logit_bias={str(greedy_id): -100})
+    assert banned != greedy
+    [forced_id] = _ids(stack, " banana")
+    assert first(logit_bias={str(forced_id): 100}) == " banana"
+    # Sampling too: a +100 token is all but certain at T=1.
+    r = client.completions.create(model=model, prompt="Hi", max_tokens=3, seed=5, logit_bias={str(forced_id): 100},
+                                  extra_body={"ignore_eos": True})
+    assert r.choices[0].text == " banana" * 3
+    with pytest.raises(openai.BadRequestError) as e:
+        first(logit_bias={"99999999": 1})
+    assert e.value.param == "logit_bias" and "99999999" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        first(logit_bias={"5": 500})
+    assert e.value.param == "logit_bias"
+
+
+def test_developer_role_is_system(client, model):
+    def ask(role):
+        return client.chat.completions.create(model=model, max_tokens=8, temperature=0, messages=[
+            {"role": role, "content": "Answer in French."}, {"role": "user", "content": "Hello!"}]).choices[0]
+    assert ask("developer").message.content == ask("system").message.content
 
 
 def test_asl_pruning_report_for_a_long_prompt(client, model):
@@ -161,7 +421,7 @@ def test_asl_pruning_report_for_a_long_prompt(client, model):
 @pytest.mark.parametrize("kwargs,param", [
     ({"temperature": 5}, "temperature"),
     ({"temperature": "hot"}, "temperature"),
-    ({"n": 2}, "n"),
+    ({"n": 0}, "n"),
     ({"top_p": 1.5}, "top_p"),              # range checked by asl-server, named by the gateway
     ({"max_tokens": 0}, "max_tokens"),
     ({"extra_body": {"pruning": {"policy": "nope"}}}, "pruning.policy"),

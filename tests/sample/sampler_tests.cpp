@@ -296,6 +296,32 @@ TEST(Penalties, ChangeTheGreedyChoiceAndIgnoreOutOfVocabIds) {
   EXPECT_EQ(SampleOne(s, logits), 1);
 }
 
+TEST(LogitBias, AddedAfterThePenaltiesBansAndForcesTokens) {
+  SamplingParams p;
+  p.presence_penalty = 0.5;
+  p.logit_bias = {{0, -100.f}, {2, 1.5f}};
+  SamplerState s(p, {});
+  s.Observe(2);
+  std::vector<float> x{2.0f, -1.0f, 0.5f};
+  s.ApplyPenalties(x.data(), 3);
+  EXPECT_EQ(x, (std::vector<float>{-98.0f, -1.0f, 1.5f}));  // 0.5 - 0.5 (presence) + 1.5 (bias)
+  // -100 on the greedy token: the next one wins; the logprobs stay those of the raw logits.
+  SamplingParams g;
+  g.logprobs = 1;
+  g.logit_bias = {{0, -100.f}};
+  SamplerState greedy(g, {});
+  std::vector<SamplerState*> states{&greedy};
+  const SampleResult r = Sample(Row({3.0f, 2.9f, -1.0f}), states)[0];
+  EXPECT_EQ(r.token_id, 1);
+  ASSERT_EQ(r.top_logprobs.size(), 1u);
+  EXPECT_EQ(r.top_logprobs[0].token_id, 0);
+  // +100 on an unlikely token: every seeded draw at T=1 takes it.
+  SamplingParams f = Params(1.0, 7);
+  f.logit_bias = {{4, 100.f}};
+  const std::vector<int> counts = Counts(f, Row({5.f, 4.f, 3.f, 2.f, -10.f}), 200);
+  EXPECT_EQ(counts[4], 200);
+}
+
 TEST(Logprobs, AreLogSoftmaxOfTheRawLogits) {
   constexpr int64_t kV = 300;
   std::vector<float> data = RandomLogits(3 * kV, 17);

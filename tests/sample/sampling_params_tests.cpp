@@ -48,7 +48,13 @@ TEST(ValidateSamplingParams, EachFieldIsNamed) {
                  "sampling.repetition_penalty: must be finite and > 0 (1 = off), got 0");
   ExpectRejected([](auto& p) { p.presence_penalty = 2.5; }, "sampling.presence_penalty: must be in [-2, 2], got 2.5");
   ExpectRejected([](auto& p) { p.frequency_penalty = -3; }, "sampling.frequency_penalty: must be in [-2, 2], got -3");
-  ExpectRejected([](auto& p) { p.max_tokens = 0; }, "sampling.max_tokens: must be >= 1, got 0");
+  ExpectRejected([](auto& p) { p.logit_bias = {{5, 1.f}, {1000, 1.f}}; },
+                 "sampling.logit_bias[1000]: token id 1000 outside the vocabulary [0, 1000)");
+  ExpectRejected([](auto& p) { p.logit_bias = {{5, 100.5f}}; },
+                 "sampling.logit_bias[5]: the bias of token 5 must be in [-100, 100], got 100.5");
+  ExpectRejected([](auto& p) { p.logit_bias = {{5, 1.f}, {5, 2.f}}; },
+                 "sampling.logit_bias[5]: token id 5 given twice");
+  ExpectRejected([](auto& p) { p.max_tokens = -1; }, "sampling.max_tokens: must be >= 1, or 0 for the rest of the context, got -1");
   ExpectRejected([](auto& p) { p.stop_token_ids = {5, 1000}; },
                  "sampling.stop_token_ids[1]: token id 1000 outside the vocabulary [0, 1000)");
   ExpectRejected([](auto& p) { p.stop_token_ids = {-1}; },
@@ -82,6 +88,8 @@ TEST(ValidateSamplingParams, BoundariesAreAccepted) {
     p.min_p = 0.0;
     p.repetition_penalty = 1e-3;
     p.stop = {"終わり", "🙂"};
+    p.max_tokens = 0;  // the rest of the context (resolved by Submit)
+    p.logit_bias = {{0, -100.f}, {999, 100.f}};
   });
 }
 

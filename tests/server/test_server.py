@@ -644,7 +644,7 @@ INVALID = [
     ("repetition_penalty", dict(prompt="hi", sampling=S(repetition_penalty=0)), "sampling.repetition_penalty"),
     ("presence_penalty", dict(prompt="hi", sampling=S(presence_penalty=3)), "sampling.presence_penalty"),
     ("frequency_penalty", dict(prompt="hi", sampling=S(frequency_penalty=-3)), "sampling.frequency_penalty"),
-    ("max_tokens zero", dict(prompt="hi", sampling=S(max_tokens=0)), "sampling.max_tokens"),
+    ("max_tokens negative", dict(prompt="hi", sampling=S(max_tokens=-1)), "sampling.max_tokens"),
     ("empty stop string", dict(prompt="hi", sampling=S(stop=[""])), "sampling.stop[0]"),
     ("stop token id", dict(prompt="hi", sampling=S(stop_token_ids=[-5])), "sampling.stop_token_ids[0]"),
     ("logprobs", dict(prompt="hi", sampling=S(logprobs=21)), "sampling.logprobs"),
