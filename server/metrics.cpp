@@ -119,13 +119,6 @@ prometheus::MetricFamily CounterOf(const std::string& name, const std::string& h
 
 }  // namespace
 
-std::string ServedModelName(const std::string& model_path) {
-  std::filesystem::path p(model_path);
-  while (!p.empty() && p.filename().empty()) p = p.parent_path();  // "dir/" -> "dir"
-  if (std::filesystem::is_directory(p)) return p.filename().string();
-  return p.stem().string();
-}
-
 struct ServerMetrics::Families {
   // `c`: the constant labels of every family (model_name).
   Families(prometheus::Registry& r, const prometheus::Labels& c)

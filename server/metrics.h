@@ -25,15 +25,11 @@ namespace asl::server {
 
 class MetricsHttpServer;
 
-// The name a model is served and labelled under: the file name of `model_path` without its
-// extension (a directory: its name). "models/SmolLM2-135M-Instruct.Q4_1.gguf" ->
-// "SmolLM2-135M-Instruct.Q4_1".
-std::string ServedModelName(const std::string& model_path);
 
 class ServerMetrics final : public EngineMetrics {
  public:
   // `model_name`: the served model's name, the model_name label of every engine metric (vLLM's
-  // convention; ServedModelName).
+  // convention; ServedModelName in request_convert.h).
   explicit ServerMetrics(const std::string& model_name);
   ~ServerMetrics() override;
 

@@ -365,9 +365,28 @@ void FillPruningParams(const PruningParams& params, v1::PruningParams* out) {
   }
 }
 
+std::string ServedModelName(const std::string& model_path) {
+  std::string path = model_path;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  std::string stem = path.substr(path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1);
+  for (const std::string ext : {".gguf", ".safetensors", ".bin"}) {
+    if (stem.size() > ext.size() && stem.compare(stem.size() - ext.size(), ext.size(), ext) == 0) {
+      stem.resize(stem.size() - ext.size());
+      break;
+    }
+  }
+  for (char& c : stem) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '_' || c == '-';
+    if (!ok) c = '-';
+  }
+  return stem.empty() || stem == "/" ? "model" : stem;
+}
+
 void FillModelInfo(const Engine& engine, int64_t max_prompt_tokens, v1::ModelInfo* out) {
   const ModelInfo& m = engine.model_info();
   out->set_name(m.name);
+  out->set_served_name(ServedModelName(m.path));
   out->set_arch(m.arch);
   out->set_path(m.path);
   out->set_device(m.device);

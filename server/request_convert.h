@@ -78,4 +78,10 @@ void FillComplete(const FinishEvent& event, bool detailed, v1::GenerateComplete*
 void FillPruningParams(const PruningParams& params, v1::PruningParams* out);
 void FillModelInfo(const Engine& engine, int64_t max_prompt_tokens, v1::ModelInfo* out);
 
+// The name a model is served and labelled under (ModelInfo.served_name, the model_name label of
+// /metrics): the last component of `model_path` without a .gguf/.safetensors/.bin extension,
+// characters other than [A-Za-z0-9._-] replaced by '-'; "model" if nothing is left.
+// "models/SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct.Q4_1".
+std::string ServedModelName(const std::string& model_path);
+
 }  // namespace asl::server

@@ -98,8 +98,12 @@ Gateway::~Gateway() { Stop(); }
 void Gateway::InstallPreRouting() {
   const std::vector<std::string> origins = options_.cors_allow_origins;
   const bool any_origin = std::find(origins.begin(), origins.end(), "*") != origins.end();
+  // The one pre-routing handler (httplib keeps one): x-request-id, then CORS.
   http_->set_pre_routing_handler([origins, any_origin](const httplib::Request& req, httplib::Response& res) {
     using R = httplib::Server::HandlerResponse;
+    // x-request-id on every response: the client's (sanitised) or a new one, set before routing so
+    // that handlers read it from the response (and send it to the server).
+    res.set_header("x-request-id", RequestIdFor(req.get_header_value("x-request-id")));
     // CORS: the allowed origin is echoed (or "*") on every answer, errors included, so that a
     // browser page can read them; a preflight is answered here, before any key check (browsers
     // send no credentials on it).
@@ -109,6 +113,7 @@ void Gateway::InstallPreRouting() {
     if (!cors) return R::Unhandled;
     res.set_header("Access-Control-Allow-Origin", any_origin ? "*" : origin);
     if (!any_origin) res.set_header("Vary", "Origin");
+    res.set_header("Access-Control-Expose-Headers", "x-request-id, Retry-After");
     if (req.method == "OPTIONS" && req.has_header("Access-Control-Request-Method")) {
       res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
       const std::string asked = req.get_header_value("Access-Control-Request-Headers");
@@ -153,13 +158,8 @@ bool Gateway::Admit(const httplib::Request& req, httplib::Response& res) const {
 void Gateway::RegisterRoutes() {
   const CompletionHandlerOptions handler_options{options_.model_name, options_.request_timeout_seconds};
   Backend* backend = backend_.get();
-  // x-request-id on every response: the client's (sanitised) or a new one, set before routing so
-  // that handlers read it from the response (and send it to the server); the post-routing handler
-  // covers responses no route made (404, 413).
-  http_->set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
-    res.set_header("x-request-id", RequestIdFor(req.get_header_value("x-request-id")));
-    return httplib::Server::HandlerResponse::Unhandled;
-  });
+  // The post-routing handler covers x-request-id on responses no route made (404, 413); the
+  // pre-routing handler (InstallPreRouting) sets it on all others.
   http_->set_post_routing_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.has_header("x-request-id")) {
       res.set_header("x-request-id", RequestIdFor(req.get_header_value("x-request-id")));
@@ -209,7 +209,8 @@ void Gateway::RegisterRoutes() {
   });
   // GET /v1/models/{id}: the model when the id is ours, else OpenAI's 404. (Not in `allow`: its
   // path is a pattern; other methods on it are 404.)
-  http_->Get(R"(/v1/models/(.+))", [model_info, model_name](const httplib::Request& req, httplib::Response& res) {
+  http_->Get(R"(/v1/models/(.+))", [this, model_info, model_name](const httplib::Request& req, httplib::Response& res) {
+    if (!Admit(req, res)) return;  // the drain and the key check, as `route` adds them
     v1::ModelInfo info;
     if (!model_info(&info, res)) return;
     const std::string id = ModelId(model_name, info);

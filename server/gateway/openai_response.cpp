@@ -235,23 +235,7 @@ json UsageChunkJson(const ResponseContext& ctx, const v1::GenerateComplete& comp
 
 std::string ModelId(const std::string& model_name, const v1::ModelInfo& info) {
   if (!model_name.empty()) return model_name;
-  std::string path = info.path();
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  std::string stem = path.substr(path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1);
-  for (const char* ext : {".gguf", ".safetensors", ".bin"}) {
-    const std::string e = ext;
-    if (stem.size() > e.size() && stem.compare(stem.size() - e.size(), e.size(), e) == 0) {
-      stem.resize(stem.size() - e.size());
-      break;
-    }
-  }
-  for (char& c : stem) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                    c == '_' || c == '-';
-    if (!ok) c = '-';
-  }
-  if (stem.empty()) stem = info.name().empty() ? "model" : info.name();
-  return stem;
+  return info.served_name().empty() ? "model" : info.served_name();  // the server's ServedModelName
 }
 
 json ModelJson(const std::string& id, const v1::ModelInfo& info, int64_t created) {

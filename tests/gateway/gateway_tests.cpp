@@ -377,14 +377,17 @@ TEST(Responses, EchoLogprobsPutThePromptFirstWithANullFirstLogprob) {
   EXPECT_EQ(l["text_offset"], nlohmann::json::array({0, 3, 7}));
 }
 
-TEST(Models, IdIsTheNameOrTheFileStemWithoutPathsOrSpaces) {
+// The served name itself (file stem, no spaces) is the server's ServedModelName
+// (tests/server/pruning_knobs_tests.cpp); the gateway takes it unless --model-name is set.
+TEST(Models, IdIsTheNameOrTheServersServedName) {
   v1::ModelInfo info;
   info.set_name("SmolLM2 135M Instruct");
-  info.set_path("/abs/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+  info.set_path("/data/hf/Qwen2.5 0.5B/");
+  info.set_served_name("SmolLM2-135M-Instruct.Q4_1");
   EXPECT_EQ(ModelId("", info), "SmolLM2-135M-Instruct.Q4_1");
   EXPECT_EQ(ModelId("my-model", info), "my-model");
-  info.set_path("/data/hf/Qwen2.5 0.5B/");  // a safetensors directory
-  EXPECT_EQ(ModelId("", info), "Qwen2.5-0.5B");
+  info.set_served_name("");  // an older server
+  EXPECT_EQ(ModelId("", info), "model");
   const nlohmann::json m = ModelJson("x", info, 5);
   EXPECT_EQ(m["root"], "x");
   EXPECT_EQ(m.dump().find("/data"), std::string::npos);

@@ -222,5 +222,16 @@ TEST(PruningKnobs, ConversionErrorsNameTheField) {
   EXPECT_EQ(layers, (std::set<std::string>{"min_layer", "max_layer", "select_layer"}));
 }
 
+// The served name (ModelInfo.served_name, /v1/models id, /metrics model_name): the file or directory
+// name without extension, no spaces and no path.
+TEST(ServedModelName, IsTheFileStemWithoutPathsOrSpaces) {
+  EXPECT_EQ(ServedModelName("/abs/models/SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2-135M-Instruct.Q4_1");
+  EXPECT_EQ(ServedModelName("models/SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2-135M-Instruct.Q4_1");
+  EXPECT_EQ(ServedModelName("/data/hf/Qwen2.5 0.5B/"), "Qwen2.5-0.5B");  // a safetensors directory
+  EXPECT_EQ(ServedModelName("model.safetensors"), "model");
+  EXPECT_EQ(ServedModelName("/"), "model");
+  EXPECT_EQ(ServedModelName(""), "model");
+}
+
 }  // namespace
 }  // namespace asl::server
