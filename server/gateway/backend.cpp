@@ -64,4 +64,13 @@ grpc::Status Backend::Detokenize(const v1::DetokenizeRequest& request, v1::Detok
   return generation_->Detokenize(&ctx, request, response);
 }
 
+grpc::Status Backend::ResetPrefixCache(const std::string& request_id, double timeout_seconds) {
+  grpc::ClientContext ctx;
+  SetTimeout(&ctx, timeout_seconds);
+  ctx.AddMetadata("x-request-id", request_id);
+  v1::ResetPrefixCacheRequest request;
+  v1::ResetPrefixCacheResponse response;
+  return generation_->ResetPrefixCache(&ctx, request, &response);
+}
+
 }  // namespace asl::gateway

@@ -35,6 +35,8 @@ class Backend {
                                       const std::string& request_id, double timeout_seconds);
   [[nodiscard]] grpc::Status Detokenize(const v1::DetokenizeRequest& request, v1::DetokenizeResponse* response,
                                         const std::string& request_id, double timeout_seconds);
+  // Generation/ResetPrefixCache. Thread-safe.
+  [[nodiscard]] grpc::Status ResetPrefixCache(const std::string& request_id, double timeout_seconds);
 
  private:
   std::string address_;

@@ -16,6 +16,7 @@
 #include "server/gateway/openai_request.h"
 #include "server/gateway/openai_response.h"
 #include "server/gateway/request_id.h"
+#include "version/version.h"
 
 namespace asl::gateway {
 namespace {
@@ -269,8 +270,19 @@ void Gateway::RegisterRoutes() {
     }
     SendJson(res, 200, {{"prompt", out.text()}});
   });
+  // GET /version: the build's version and commit (version/version.h, what --version prints).
   route("GET", "/version", [](const httplib::Request&, httplib::Response& res) {
-    SendJson(res, 200, {{"version", ASL_GATEWAY_VERSION}});
+    SendJson(res, 200, {{"version", Version()}, {"revision", GitCommit()}});
+  });
+  // POST /reset_prefix_cache (vLLM's route): drops every cached block no request holds, through the
+  // server's ResetPrefixCache. 200 with {"status":"ok"}; the key check applies as on every route.
+  route("POST", "/reset_prefix_cache", [backend](const httplib::Request& req, httplib::Response& res) {
+    const grpc::Status st = backend->ResetPrefixCache(res.get_header_value("x-request-id"), 30.0);
+    if (!st.ok()) {
+      SendError(res, FromGrpcStatus(st));
+      return;
+    }
+    SendJson(res, 200, {{"status", "ok"}});
   });
 
   route("GET", "/health", [backend](const httplib::Request&, httplib::Response& res) {

@@ -90,7 +90,7 @@ def test_tokenize_detokenize_version(stack, model):
         r = requests.post(url + path, json=body, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, body, r.text)
     v = requests.get(url + "/version", timeout=10)
-    assert v.status_code == 200 and v.json()["version"]
+    assert v.status_code == 200 and v.json()["version"] and v.json()["revision"]
 
 
 def test_health_is_503_when_the_backend_is_down(tmp_path):
@@ -173,6 +173,20 @@ def test_prefix_cache_cached_tokens_in_usage(client, model):  # issue 15
     off = ask("Second question?", cache_prompt=False)
     assert off.usage.prompt_tokens_details.cached_tokens == 0
     assert off.choices[0].message.content == r.choices[0].message.content
+
+
+def test_reset_prefix_cache_route(stack, client, model):  # issue 15: vLLM's POST /reset_prefix_cache
+    doc = " ".join(f"Line {i} of a document that is only here to be cached." for i in range(30))
+    def ask():
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "system", "content": doc}, {"role": "user", "content": "Why?"}],
+            max_tokens=2, temperature=0)
+    ask()
+    assert ask().usage.prompt_tokens_details.cached_tokens > 0
+    r = requests.post(stack.base_url + "/reset_prefix_cache", timeout=30)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}, r.text
+    assert ask().usage.prompt_tokens_details.cached_tokens == 0  # the cache was emptied
+    assert requests.get(stack.base_url + "/reset_prefix_cache", timeout=30).status_code == 405
 
 
 def test_completions_token_id_prompt(client, model):
