@@ -2,6 +2,7 @@
 // serialized GenerateRequest as the service receives it (ParseMessage, with its invalid-UTF-8
 // field search), then ToEngineRequest (input tokenization, chat template, sampling and pruning
 // validation) against a toy byte-level tokenizer with a ChatML template.
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/support/byte_buffer.h>
 
 #include "engine/tokenizer/tokenizer.h"
@@ -38,6 +39,12 @@ const asl::tok::Tokenizer& Toy() {
 }
 
 }  // namespace
+
+// protobuf logs every string field that is not valid UTF-8; ParseMessage reports those itself.
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  google::protobuf::SetLogHandler(nullptr);
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   grpc::Slice slice(data, size);
