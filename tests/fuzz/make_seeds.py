@@ -10,6 +10,7 @@ inputs (run from the repository root with the .venv: `.venv/bin/python tests/fuz
   chat_template  the SmolLM2, Qwen2 and Llama 3 templates of tests/tokenizer/chat_template_tests.cpp
   openai_request request bodies of tests/gateway/gateway_tests.cpp
   request_convert serialized asl.v1.GenerateRequest messages (protoc --encode)
+Files named regress-* (inputs of fixed findings, bench/results/fuzz.md) are kept.
 """
 import json
 import os
@@ -152,8 +153,10 @@ def request_convert_seeds():
 
 
 if __name__ == "__main__":
-    if os.path.isdir(OUT):
-        shutil.rmtree(OUT)
+    for t in os.listdir(OUT) if os.path.isdir(OUT) else []:
+        for f in os.listdir(os.path.join(OUT, t)):
+            if not f.startswith("regress-"):
+                os.remove(os.path.join(OUT, t, f))
     gguf_seeds()
     safetensors_seeds()
     tokenizer_seeds()
