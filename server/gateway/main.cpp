@@ -15,6 +15,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <future>
+#include <memory>
 #include <pthread.h>
 #include <thread>
 
@@ -146,13 +148,20 @@ int main(int argc, char** argv) {
   }
   if (!gateway->Bind()) return 1;
   asl::gateway::Gateway* gw = gateway.get();
-  std::thread signal_thread([gw, &signals, drain_seconds] {
+  // Set once BeginDrain has returned: Serve() can return (the listening socket shut down) while
+  // the signal thread is still inside BeginDrain, and main must not destroy the gateway under it
+  // (ThreadSanitizer, tests/sanitize: the kernel orders shutdown() before accept() failing, but
+  // no memory access of ours does). Shared: the thread may outlive main's locals.
+  auto drain_begun = std::make_shared<std::promise<void>>();
+  std::future<void> drain_begun_future = drain_begun->get_future();
+  std::thread signal_thread([gw, &signals, drain_seconds, drain_begun] {
     int sig = 0;
     sigwait(&signals, &sig);
     spdlog::info("signal {}: draining for up to {:g} s (new connections refused, requests in flight finish; a "
                  "second signal exits at once)",
                  sig, drain_seconds);
     gw->BeginDrain();
+    drain_begun->set_value();
     timespec grace{};
     grace.tv_sec = static_cast<time_t>(drain_seconds);
     grace.tv_nsec = static_cast<long>((drain_seconds - static_cast<double>(grace.tv_sec)) * 1e9);
@@ -169,6 +178,7 @@ int main(int argc, char** argv) {
   });
   signal_thread.detach();  // exits the process with main; it owns nothing
   gateway->Serve();
+  if (gateway->draining()) drain_begun_future.wait();
   spdlog::info("asl-gateway stopped{}", gateway->draining() ? ": drained, every request in flight finished" : "");
   spdlog::default_logger()->flush();
   return 0;

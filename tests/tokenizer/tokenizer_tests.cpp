@@ -311,6 +311,25 @@ TEST(TokenizerJsonTest, ReadsSpecFromTokenizerJson) {
   EXPECT_EQ(Tokenizer::SpecFromTokenizerJson(dir.string()).status().code(), StatusCode::kUnimplemented);
   std::ofstream(dir / "tokenizer.json") << "{not json";
   EXPECT_EQ(Tokenizer::SpecFromTokenizerJson(dir.string()).status().code(), StatusCode::kDataLoss);
+  // Token ids are JSON integers in [0, 2^24): a huge one was narrowed to int32 and sized the
+  // vocabulary table (tens of GB; tests/fuzz/tokenizer_json_fuzz). Vocabulary and added tokens.
+  fs::remove(dir / "tokenizer_config.json");
+  for (const char* bad : {R"("vocab": {"a": 0, "b": 111100000000072})", R"("vocab": {"a": 0, "b": 16777216})",
+                          R"("vocab": {"a": -1})", R"("vocab": {"a": 1.5})", R"("vocab": {"a": "0"})",
+                          R"("vocab": {"a": 18446744073709551615})"}) {
+    SCOPED_TRACE(bad);
+    std::ofstream(dir / "tokenizer.json") << R"({"model": {"type": "BPE", )" << bad << R"(, "merges": []}})";
+    const auto st = Tokenizer::SpecFromTokenizerJson(dir.string()).status();
+    EXPECT_EQ(st.code(), StatusCode::kDataLoss);
+    EXPECT_NE(st.message().find("token id"), std::string::npos) << st.ToString();
+  }
+  std::ofstream(dir / "tokenizer.json") << R"({"added_tokens": [{"id": 4294967296, "content": "<x>"}],
+    "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})";
+  EXPECT_NE(Tokenizer::SpecFromTokenizerJson(dir.string()).status().message().find("token id 4294967296 for '<x>'"),
+            std::string::npos);
+  std::ofstream(dir / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 300}, "merges": []}})";
+  const auto gap = Tokenizer::SpecFromTokenizerJson(dir.string());  // gaps stay allowed
+  EXPECT_TRUE(gap.ok()) << gap.status().ToString();
   fs::remove_all(dir);
   EXPECT_EQ(Tokenizer::SpecFromTokenizerJson(dir.string()).status().code(), StatusCode::kNotFound);
 }

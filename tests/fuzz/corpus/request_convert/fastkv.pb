@@ -1,0 +1,2 @@
+helloB
+fastkv(0@PX
