@@ -39,16 +39,19 @@ def free_port():
 
 
 class Process:
-    """A child process whose output goes to a log file (shown when a fixture fails)."""
+    """A child process whose output goes to a log file (shown when a fixture fails); `env` adds to
+    the environment. Also the security suite's process helper (tests/security/test_security.py)."""
 
-    def __init__(self, name, args, log_dir):
+    def __init__(self, name, args, log_dir, env=None):
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([str(a) for a in args], stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
 
     def log(self):
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def check_alive(self):

@@ -45,30 +45,11 @@ def run(args, env=None, timeout=60):
                           env={**os.environ, **(env or {})})
 
 
-class Proc:
-    """A child process with its output in a log file."""
-
-    def __init__(self, name, args, log_dir, env=None):
-        self.log_path = Path(log_dir) / f"{name}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(a) for a in args], stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-
-    def log(self):
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout=60):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+# The gateway suite's process helper (a child with its output in a log file), loaded the same way.
+_gspec = importlib.util.spec_from_file_location("gateway_conftest", ROOT / "tests" / "gateway" / "conftest.py")
+_gc = importlib.util.module_from_spec(_gspec)
+_gspec.loader.exec_module(_gc)
+Proc = _gc.Process
 
 
 def start_server(log_dir, *args, env=None):
