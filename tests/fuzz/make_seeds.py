@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte <-> unicode table
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "tests", "fuzz", "corpus")
 
@@ -90,18 +92,6 @@ def tokenizer_seeds():
     put("tokenizer_json", "handwritten.json", tok + "\n--config--\n" + parts[2])
     put("tokenizer_json", "handwritten_noconfig.json", tok)
     put("tokenizer_json", "unigram.json", '{"model": {"type": "Unigram", "vocab": []}}')
-
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
 
 
 def chat_template_seeds():
