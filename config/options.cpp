@@ -190,6 +190,10 @@ std::vector<Option> BuildOptions() {
   o.push_back(StringOption("model.dtype", "auto|float32|bfloat16",
                            "compute dtype; auto = bfloat16 on CPUs with native bf16 dot products, else float32",
                            [](auto* c) { return &c->engine.dtype; }, OneOf({"auto", "float32", "bfloat16"})));
+  o.push_back(StringOption("model.chat_template", "string",
+                           "override the model's chat template: chatml, llama3 or the path of a Jinja file; empty: "
+                           "the model's own",
+                           [](auto* c) { return &c->engine.chat_template; }, [](const std::string&) { return std::string(); }));
   o.push_back(IntOption("model.threads",
                         "intra-op CPU threads; 0 = the CPUs this process may use (affinity mask, capped by the "
                         "cgroup CPU quota rounded up), not the host's cores",

@@ -190,6 +190,7 @@ Status EngineImpl::Init() {
     ASL_ASSIGN_OR_RETURN(tok::TokenizerSpec spec, tok::Tokenizer::SpecFromTokenizerJson(loaded.tokenizer_dir));
     ASL_ASSIGN_OR_RETURN(tokenizer_, tok::Tokenizer::Create(std::move(spec)));
   }
+  if (!config_.chat_template.empty()) ASL_RETURN_IF_ERROR(tokenizer_->OverrideChatTemplate(config_.chat_template));
   model_ = std::make_unique<model::LlamaModel>(mc, std::move(loaded.weights));
 
   PruningParams probe = config_.default_pruning;

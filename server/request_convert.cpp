@@ -214,22 +214,38 @@ StatusOr<std::vector<TokenId>> EncodeChat(const v1::ChatMessages& chat, const st
                                           std::string* rendered) {
   if (chat.messages().empty()) return InvalidArgument(field + ".messages: at least one message is required");
   std::vector<tok::ChatMessage> messages;
+  messages.reserve(chat.messages_size());
   for (int i = 0; i < chat.messages_size(); ++i) {
     const v1::ChatMessage& m = chat.messages(i);
     const std::string where = field + ".messages[" + std::to_string(i) + "]";
     if (m.role().empty()) return InvalidArgument(where + ".role: must not be empty");
-    if (!asl::IsValidUtf8(m.role())) return InvalidArgument(where + ".role: not valid UTF-8");
-    if (!asl::IsValidUtf8(m.content())) return InvalidArgument(where + ".content: not valid UTF-8");
-    messages.push_back(tok::ChatMessage{m.role(), m.content()});
+    tok::ChatMessage& out = messages.emplace_back();
+    out.role = m.role();
+    if (m.has_content()) out.content = m.content();
+    out.name = m.name();
+    out.tool_call_id = m.tool_call_id();
+    for (int k = 0; k < m.tool_calls_size(); ++k) {
+      const v1::ToolCall& c = m.tool_calls(k);
+      if (c.name().empty()) {
+        return InvalidArgument(where + ".tool_calls[" + std::to_string(k) + "].name: must not be empty");
+      }
+      out.tool_calls.push_back(tok::ToolCall{c.id(), c.name(), c.arguments()});
+    }
   }
-  StatusOr<std::string> text = tokenizer.ApplyChatTemplate(messages, add_generation_prompt);
+  tok::ChatRenderOptions options;
+  options.add_generation_prompt = add_generation_prompt;
+  options.tools_json = chat.tools_json();
+  options.extra_context_json = chat.chat_template_kwargs_json();
+  StatusOr<tok::RenderedChat> text = tokenizer.ApplyChatTemplate(messages, options);
   if (!text.ok()) {
-    // The tokenizer names "messages[i].role"; prefix the request field.
+    // Prefix the request field: "chat.messages: ..." where the message names one, else "chat: ...".
     const std::string& msg = text.status().message();
-    return Status(text.status().code(), msg.rfind("messages", 0) == 0 ? field + "." + msg : field + ": " + msg);
+    const bool names_field = msg.rfind("messages", 0) == 0 || msg.rfind("tools", 0) == 0 ||
+                             msg.rfind("chat_template_kwargs", 0) == 0;
+    return Status(text.status().code(), field + (names_field ? "." : ": ") + msg);
   }
-  if (rendered != nullptr) *rendered = *text;
-  std::vector<TokenId> ids = tokenizer.Encode(*text, /*add_bos=*/false, /*parse_special=*/true);
+  if (rendered != nullptr) *rendered = text->text;
+  std::vector<TokenId> ids = tokenizer.EncodeChat(*text);
   if (ids.empty()) return InvalidArgument(field + ": renders to no tokens");
   return ids;
 }
@@ -387,6 +403,7 @@ void FillModelInfo(const Engine& engine, int64_t max_prompt_tokens, v1::ModelInf
   const ModelInfo& m = engine.model_info();
   out->set_name(m.name);
   out->set_served_name(ServedModelName(m.path));
+  if (const auto& tmpl = engine.tokenizer().chat_template()) out->set_chat_template(tmpl->source());
   out->set_arch(m.arch);
   out->set_path(m.path);
   out->set_device(m.device);

@@ -83,7 +83,7 @@ int RunGenerate(const CommonOptions& o, const PromptOptions& p, SamplingParams s
 }
 
 int RunTokenize(const CommonOptions& o, const PromptOptions& p, bool json_out) {
-  auto tokenizer = LoadTokenizerOnly(o.model_path);
+  auto tokenizer = LoadTokenizerOnly(o.model_path, o.chat_template);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   auto ids = p.Resolve(**tokenizer);
   if (!ids.ok()) return Fail(ids.status());

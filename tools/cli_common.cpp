@@ -25,6 +25,8 @@ namespace asl::cli {
 void CommonOptions::Register(CLI::App* app) {
   app->add_option("--model", model_path, "GGUF file or Hugging Face safetensors directory")->capture_default_str();
   app->add_option("--device", device, "cpu or cuda[:N]")->capture_default_str();
+  app->add_option("--chat-template", chat_template,
+                  "override the model's chat template: chatml, llama3 or the path of a Jinja file");
   app->add_option("--dtype", dtype,
                   "auto, float32 or bfloat16 (auto = bfloat16 on CPUs with native bf16; asl-cli defaults to "
                   "float32, the parity reference; asl-server to auto)")
@@ -92,6 +94,7 @@ EngineConfig CommonOptions::ToEngineConfig() const {
   c.device = device;
   c.dtype = dtype;
   c.kv_dtype = kv_dtype;
+  c.chat_template = chat_template;
   c.num_threads = threads;
   c.kv_cache_bytes = ParseBytes(kv_cache);
   c.block_size = block_size;
@@ -106,7 +109,6 @@ void PromptOptions::Register(CLI::App* app) {
   app->add_option("--prompt-file", prompt_file, "read the prompt text from a file");
   app->add_option("--chat", chat, "chat messages as JSON (or a path to a JSON file): the model's chat template applies");
   app->add_option("--ids", ids, "comma-separated prompt token ids");
-  app->add_option("--chat-template", chat_template, "override the chat template: chatml or llama3");
   app->add_flag("--no-bos", no_bos, "never prepend BOS");
 }
 
@@ -139,25 +141,31 @@ StatusOr<std::vector<TokenId>> PromptOptions::Resolve(const tok::Tokenizer& toke
     }
     std::vector<tok::ChatMessage> messages;
     try {
-      for (const auto& m : json::parse(body)) messages.push_back({m.at("role").get<std::string>(), m.at("content").get<std::string>()});
+      for (const auto& m : json::parse(body)) {
+        messages.push_back({.role = m.at("role").get<std::string>(), .content = m.at("content").get<std::string>()});
+      }
     } catch (const std::exception& e) {
       return InvalidArgument(std::string("--chat: expected [{\"role\":..., \"content\":...}]: ") + e.what());
     }
-    ASL_ASSIGN_OR_RETURN(text, tokenizer.ApplyChatTemplate(messages, /*add_generation_prompt=*/true, chat_template));
-    return tokenizer.Encode(text, /*add_bos=*/false, /*parse_special=*/true);
+    ASL_ASSIGN_OR_RETURN(tok::RenderedChat rendered, tokenizer.ApplyChatTemplate(messages, {}));
+    return tokenizer.EncodeChat(rendered);
   }
   if (text.empty()) return InvalidArgument("prompt: give --prompt, --prompt-file, --chat or --ids");
   return tokenizer.Encode(text, tokenizer.add_bos() && !no_bos, /*parse_special=*/true);
 }
 
-StatusOr<std::unique_ptr<tok::Tokenizer>> LoadTokenizerOnly(const std::string& model_path) {
+StatusOr<std::unique_ptr<tok::Tokenizer>> LoadTokenizerOnly(const std::string& model_path,
+                                                             const std::string& chat_template) {
+  tok::TokenizerSpec spec;
   if (model_path.size() > 5 && model_path.substr(model_path.size() - 5) == ".gguf") {
     ASL_ASSIGN_OR_RETURN(auto gguf, model::GgufFile::Open(model_path));
-    ASL_ASSIGN_OR_RETURN(tok::TokenizerSpec spec, model::TokenizerSpecFromGguf(*gguf));
-    return tok::Tokenizer::Create(std::move(spec));
+    ASL_ASSIGN_OR_RETURN(spec, model::TokenizerSpecFromGguf(*gguf));
+  } else {
+    ASL_ASSIGN_OR_RETURN(spec, tok::Tokenizer::SpecFromTokenizerJson(model_path));
   }
-  ASL_ASSIGN_OR_RETURN(tok::TokenizerSpec spec, tok::Tokenizer::SpecFromTokenizerJson(model_path));
-  return tok::Tokenizer::Create(std::move(spec));
+  ASL_ASSIGN_OR_RETURN(std::unique_ptr<tok::Tokenizer> t, tok::Tokenizer::Create(std::move(spec)));
+  if (!chat_template.empty()) ASL_RETURN_IF_ERROR(t->OverrideChatTemplate(chat_template));
+  return t;
 }
 
 json PruningJson(const PruningReport& r) {

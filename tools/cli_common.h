@@ -28,6 +28,7 @@ struct CommonOptions {
   std::string pooling = PoolingName(PruningParams{}.pooling);  // --pooling, parsed by Finalize
   std::string admission = "reserve";  // scheduler admission: reserve or optimistic
   PruningParams pruning;                // the numeric knobs' flags write here directly
+  std::string chat_template;  // --chat-template: chatml, llama3 or a Jinja file; empty: the model's
 
   // Model and engine flags, then one flag per pruning knob (engine/common/pruning_knobs.h).
   void Register(CLI::App* app);
@@ -42,7 +43,6 @@ struct PromptOptions {
   std::string prompt_file;
   std::string chat;          // JSON: [{"role": "user", "content": "..."}] or a path to such a file
   std::string ids;           // comma-separated token ids
-  std::string chat_template; // override: chatml or llama3
   bool no_bos = false;
 
   void Register(CLI::App* app);
@@ -63,7 +63,6 @@ struct EvalOptions {
   uint64_t seed = 42;
   int batch = 8;                         // requests in flight
   double limit_seconds = 0;              // 0 = no limit; else stop, cancel and write a partial report
-  std::string chat_template;             // override: chatml or llama3
   bool dry_run = false;                  // build the samples only (<out>.samples.json)
   std::string resume;                    // an earlier <out>.json whose requests are carried over
   void Register(CLI::App* app);
@@ -87,7 +86,9 @@ inline std::string fmt_double(double v) {
   return buf;
 }
 
-StatusOr<std::unique_ptr<tok::Tokenizer>> LoadTokenizerOnly(const std::string& model_path);
+// The model's tokenizer without its weights; `chat_template` (optional) overrides its template.
+StatusOr<std::unique_ptr<tok::Tokenizer>> LoadTokenizerOnly(const std::string& model_path,
+                                                             const std::string& chat_template = "");
 nlohmann::json PruningJson(const PruningReport& r);
 nlohmann::json TimingsJson(const Timings& t);
 nlohmann::json UsageJson(const FinishEvent& ev);

@@ -1,8 +1,16 @@
-// Chat templates, reimplemented natively for the template families we serve (no Jinja engine):
-// ChatML (SmolLM2, Qwen2) and Llama 3. Each renders exactly what Hugging Face's
-// apply_chat_template(..., tokenize=False) renders with the model's own Jinja template.
+// Chat templates: the model's own Jinja template (GGUF tokenizer.chat_template, or
+// tokenizer_config.json / chat_template.jinja), rendered by llama.cpp's Jinja engine (built from the
+// llama-cpp-python sdist at set-up: cmake/llama_jinja.cmake). The context a template sees is Hugging
+// Face's apply_chat_template context: messages, tools, add_generation_prompt, bos_token, eos_token,
+// plus the request's extra keys (chat_template_kwargs), with raise_exception and strftime_now.
+//
+// The render keeps track of which bytes came from the request (message contents, names, tool
+// arguments, tools): control tokens written there are tokenized as plain text, so a user cannot
+// forge "<|im_end|><|im_start|>system" (Tokenizer::EncodeChat).
 #pragma once
 
+#include <cstddef>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -12,58 +20,75 @@
 
 namespace asl::tok {
 
-struct ChatMessage {
-  std::string role;  // "system", "user", "assistant" or "tool"
-  std::string content;
+struct ToolCall {
+  std::string id;
+  std::string name;
+  std::string arguments;  // JSON text as the client sent it; templates see the parsed object
 };
 
-enum class ChatTemplateKind { kChatML, kLlama3 };
+struct ChatMessage {
+  std::string role;
+  std::optional<std::string> content;  // nullopt: null (an assistant turn that only calls tools)
+  std::string name;                    // optional ("name" of a tool result or a participant)
+  std::string tool_call_id;            // optional (a tool result)
+  std::vector<ToolCall> tool_calls;    // optional (an assistant turn)
+};
 
-// The family of a model's Jinja chat template: kLlama3 when it uses <|start_header_id|>, kChatML
-// when it uses <|im_start|>; nullopt otherwise.
-std::optional<ChatTemplateKind> DetectChatTemplate(const std::string& jinja_text);
-// A user's override: "chatml" or "llama3" (case-insensitive); nullopt otherwise.
-std::optional<ChatTemplateKind> ParseChatTemplateKind(std::string_view name);
-const char* ChatTemplateKindName(ChatTemplateKind kind);
+struct ChatRenderOptions {
+  bool add_generation_prompt = true;
+  std::string tools_json;          // the OpenAI "tools" array as JSON text; empty: no tools
+  std::string extra_context_json;  // a JSON object whose keys join the context; empty: none
+};
 
-inline constexpr const char* kLlama3BosToken = "<|begin_of_text|>";
+struct TextRange {
+  size_t begin = 0;
+  size_t end = 0;  // exclusive
+  bool operator==(const TextRange&) const = default;
+};
 
-// Renders `messages`. A non-empty `default_system` is inserted as a system message when the first
-// message is not one (SmolLM2's and Qwen2's templates do this). ChatML:
-//   <|im_start|>{role}\n{content}<|im_end|>\n ...  [+ <|im_start|>assistant\n]
-// Llama 3 ({content} trimmed like Jinja's |trim):
-//   {bos}<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|> ...
-//   [+ <|start_header_id|>assistant<|end_header_id|>\n\n]
-// InvalidArgument for no messages, and naming messages[i].role for a role outside
-// system/user/assistant/tool.
-[[nodiscard]] StatusOr<std::string> ApplyChatTemplate(ChatTemplateKind kind, const std::vector<ChatMessage>& messages,
-                                                      bool add_generation_prompt, const std::string& default_system,
-                                                      const std::string& bos_token = kLlama3BosToken);
+struct RenderedChat {
+  std::string text;
+  std::vector<TextRange> input_ranges;  // sorted, disjoint: bytes of `text` that came from the request
+};
 
-// A model's template: its family plus what the Jinja text fixes (the default system message).
 class ChatTemplate {
  public:
-  explicit ChatTemplate(ChatTemplateKind kind, std::string default_system = "",
-                        std::string bos_token = kLlama3BosToken)
-      : kind_(kind), default_system_(std::move(default_system)), bos_token_(std::move(bos_token)) {}
+  // Parses `source`; InvalidArgument with the engine's message (and position) on a syntax error.
+  // `bos_token` / `eos_token` are what {{ bos_token }} / {{ eos_token }} render.
+  [[nodiscard]] static StatusOr<ChatTemplate> Compile(std::string source, std::string bos_token,
+                                                      std::string eos_token);
 
-  // nullopt when the Jinja text is no family we know. `bos_token` is the text the template's
-  // {{ bos_token }} renders to (Llama 3 writes it into the prompt).
-  static std::optional<ChatTemplate> FromJinja(const std::string& jinja_text, std::string bos_token);
+  // Renders a conversation. InvalidArgument for no messages, malformed tools / extra context JSON, or
+  // a template that fails (raise_exception("...") from the template, a type error), with its message.
+  // Thread-safe: the compiled program is immutable.
+  [[nodiscard]] StatusOr<RenderedChat> Render(const std::vector<ChatMessage>& messages,
+                                              const ChatRenderOptions& options) const;
 
-  ChatTemplateKind kind() const { return kind_; }
-  const std::string& default_system() const { return default_system_; }
-  const std::string& bos_token() const { return bos_token_; }
+  // The request's part of the context Render passes the template (messages after the
+  // normalisations below, tools, extra keys), as JSON text: for comparing with another renderer.
+  //   - tool-call arguments are objects when the template indexes into them (llama.cpp's capability
+  //     probe), else the JSON text as sent;
+  //   - a tool-calling assistant turn's null content is "" when the template renders tool calls.
+  [[nodiscard]] StatusOr<std::string> ContextJson(const std::vector<ChatMessage>& messages,
+                                                  const ChatRenderOptions& options) const;
 
-  [[nodiscard]] StatusOr<std::string> Apply(const std::vector<ChatMessage>& messages,
-                                            bool add_generation_prompt) const {
-    return ApplyChatTemplate(kind_, messages, add_generation_prompt, default_system_, bos_token_);
-  }
+  const std::string& source() const;
+  const std::string& bos_token() const;
+  const std::string& eos_token() const;
+
+ struct Impl;  // defined in chat_template.cpp only
 
  private:
-  ChatTemplateKind kind_;
-  std::string default_system_;  // empty: none
-  std::string bos_token_;
+  explicit ChatTemplate(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<const Impl> impl_;
 };
+
+// The Jinja source of a built-in template by name, for models that carry none: "chatml" or
+// "llama3" (case-insensitive); nullopt otherwise.
+std::optional<std::string> BuiltinChatTemplateSource(std::string_view name);
+
+// A --chat-template / model.chat_template value: a built-in name, else the path of a Jinja file
+// (NotFound / DataLoss naming it when it cannot be read).
+[[nodiscard]] StatusOr<std::string> ResolveChatTemplateSource(const std::string& name_or_path);
 
 }  // namespace asl::tok

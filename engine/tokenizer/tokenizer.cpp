@@ -77,12 +77,17 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Create(TokenizerSpec spec) {
     std::stable_sort(list.begin(), list.end(), [](const AddedToken& a, const AddedToken& b) { return a.text.size() > b.text.size(); });
   }
 
-  if (!spec.chat_template.empty()) {
-    const std::string bos_text = spec.bos_id ? spec.tokens[*spec.bos_id] : std::string(kLlama3BosToken);
-    t->chat_template_ = ChatTemplate::FromJinja(spec.chat_template, bos_text);
-    if (!t->chat_template_) ASL_LOG_WARN("tokenizer: the model's chat template is not ChatML or Llama 3; chat requests need an override");
-  }
   t->spec_ = std::move(spec);
+  if (!t->spec_.chat_template.empty()) {
+    StatusOr<ChatTemplate> tmpl = t->CompileChatTemplate(t->spec_.chat_template);
+    if (tmpl.ok()) {
+      t->chat_template_ = std::move(tmpl).value();
+    } else {
+      ASL_LOG_WARN("tokenizer: the model's chat template does not parse ({}); chat requests need "
+                   "model.chat_template",
+                   tmpl.status().message());
+    }
+  }
   return t;
 }
 
@@ -100,6 +105,16 @@ void Tokenizer::EncodeSegment(std::string_view segment, std::vector<int32_t>* ou
 }
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos, bool parse_special) const {
+  return EncodeImpl(text, add_bos, parse_special, {});
+}
+
+std::vector<int32_t> Tokenizer::EncodeChat(const RenderedChat& chat) const {
+  // The rendered text is valid UTF-8 (its inputs are), so the ranges stay valid offsets.
+  return EncodeImpl(chat.text, /*add_bos=*/false, /*parse_special=*/true, chat.input_ranges);
+}
+
+std::vector<int32_t> Tokenizer::EncodeImpl(std::string_view text, bool add_bos, bool parse_special,
+                                           const std::vector<TextRange>& literal) const {
   std::string repaired;
   if (!IsValidUtf8(text)) {
     repaired = Utf8Lossy(text);
@@ -112,13 +127,18 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos, bool
   // Added tokens first, leftmost-longest; the text between them goes through pre-tokenizer + BPE.
   size_t seg_start = 0;
   size_t i = 0;
+  size_t lit = 0;  // the first literal range that does not end before i
   if (!added_by_first_byte_.empty()) {
     while (i < text.size()) {
       auto it = added_by_first_byte_.find(static_cast<unsigned char>(text[i]));
       const AddedToken* hit = nullptr;
       if (it != added_by_first_byte_.end()) {
+        while (lit < literal.size() && literal[lit].end <= i) ++lit;
+        // A control token lying wholly inside request text is text (it cannot be forged there).
+        const size_t lit_end = lit < literal.size() && literal[lit].begin <= i ? literal[lit].end : 0;
         for (const AddedToken& a : it->second) {
-          if ((parse_special || !a.special) && text.compare(i, a.text.size(), a.text) == 0) {
+          const bool allowed = !a.special || (parse_special && i + a.text.size() > lit_end);
+          if (allowed && text.compare(i, a.text.size(), a.text) == 0) {
             hit = &a;
             break;
           }
@@ -170,21 +190,29 @@ std::vector<int32_t> Tokenizer::stop_token_ids() const {
   return out;
 }
 
-StatusOr<std::string> Tokenizer::ApplyChatTemplate(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-                                                   const std::string& template_override) const {
-  if (!template_override.empty()) {
-    const std::optional<ChatTemplateKind> kind = ParseChatTemplateKind(template_override);
-    if (!kind) return InvalidArgument("chat_template: unknown '" + template_override + "' (expected chatml or llama3)");
-    // The model's default system message belongs to its own template family only.
-    if (chat_template_ && chat_template_->kind() == *kind) return chat_template_->Apply(messages, add_generation_prompt);
-    // Like Hugging Face, {{ bos_token }} renders the model's BOS text.
-    const std::string bos = spec_.bos_id ? spec_.tokens[*spec_.bos_id] : std::string(kLlama3BosToken);
-    return tok::ApplyChatTemplate(*kind, messages, add_generation_prompt, /*default_system=*/"", bos);
-  }
+StatusOr<ChatTemplate> Tokenizer::CompileChatTemplate(std::string source) const {
+  // Like Hugging Face, {{ bos_token }} / {{ eos_token }} render the model's BOS / EOS text.
+  auto text = [&](const std::optional<int32_t>& id) {
+    return id && *id >= 0 && *id < vocab_size() ? spec_.tokens[*id] : std::string();
+  };
+  return ChatTemplate::Compile(std::move(source), text(spec_.bos_id), text(spec_.eos_id));
+}
+
+Status Tokenizer::OverrideChatTemplate(const std::string& name_or_path) {
+  ASL_ASSIGN_OR_RETURN(std::string source, ResolveChatTemplateSource(name_or_path));
+  ASL_ASSIGN_OR_RETURN(ChatTemplate tmpl, CompileChatTemplate(std::move(source)));
+  chat_template_ = std::move(tmpl);
+  return Status::Ok();
+}
+
+StatusOr<RenderedChat> Tokenizer::ApplyChatTemplate(const std::vector<ChatMessage>& messages,
+                                                    const ChatRenderOptions& options) const {
   if (!chat_template_) {
-    return InvalidArgument("chat_template: the model has no chat template asl-serve recognises; set chatml or llama3");
+    return InvalidArgument(
+        "chat template: the model has none that parses; start the server with model.chat_template "
+        "(chatml, llama3 or a Jinja file)");
   }
-  return chat_template_->Apply(messages, add_generation_prompt);
+  return chat_template_->Render(messages, options);
 }
 
 IncrementalDecoder::IncrementalDecoder(const Tokenizer& tokenizer, bool skip_special)

@@ -43,6 +43,10 @@ class Tokenizer {
   // non-special added tokens do, and control-token text is encoded as plain text. Invalid UTF-8 in
   // `text` is first repaired (each invalid subpart -> U+FFFD).
   std::vector<int32_t> Encode(std::string_view text, bool add_bos, bool parse_special = true) const;
+  // A rendered chat -> ids, like Encode(text, false, true) except that a control token lying wholly
+  // inside one of its input ranges (request text) is encoded as plain text. Equal to Hugging
+  // Face's tokenization of the rendered text whenever the request writes no control tokens.
+  std::vector<int32_t> EncodeChat(const RenderedChat& chat) const;
 
   // Ids -> text; invalid UTF-8 (a sequence cut at the end, ids out of order) becomes U+FFFD.
   // Ids out of range are skipped. skip_special drops control tokens.
@@ -64,15 +68,17 @@ class Tokenizer {
   std::vector<int32_t> stop_token_ids() const;
 
   const TokenizerSpec& spec() const { return spec_; }
-  // The model's chat template, when its Jinja text is one we recognise (ChatML, Llama 3).
+  // The chat template in use: the model's own (spec().chat_template) when it parses, or the
+  // override; nullopt when neither.
   const std::optional<ChatTemplate>& chat_template() const { return chat_template_; }
+  // Replaces the model's template with a built-in ("chatml", "llama3") or a Jinja file's; an error
+  // (naming the file, or the template's syntax error) leaves the current one.
+  [[nodiscard]] Status OverrideChatTemplate(const std::string& name_or_path);
 
-  // Renders chat messages with the model's template, or with `template_override` ("chatml",
-  // "llama3") when not empty. InvalidArgument when neither is available, the override is unknown or
-  // a role is invalid (naming messages[i].role).
-  [[nodiscard]] StatusOr<std::string> ApplyChatTemplate(const std::vector<ChatMessage>& messages,
-                                                        bool add_generation_prompt,
-                                                        const std::string& template_override = "") const;
+  // Renders a conversation with the chat template (ChatTemplate::Render); InvalidArgument when
+  // there is none.
+  [[nodiscard]] StatusOr<RenderedChat> ApplyChatTemplate(const std::vector<ChatMessage>& messages,
+                                                         const ChatRenderOptions& options) const;
 
  private:
   struct AddedToken {
@@ -82,6 +88,9 @@ class Tokenizer {
   };
   Tokenizer();
   void EncodeSegment(std::string_view segment, std::vector<int32_t>* out) const;
+  std::vector<int32_t> EncodeImpl(std::string_view text, bool add_bos, bool parse_special,
+                                  const std::vector<TextRange>& literal) const;
+  StatusOr<ChatTemplate> CompileChatTemplate(std::string source) const;
 
   TokenizerSpec spec_;
   std::unique_ptr<BpeModel> bpe_;

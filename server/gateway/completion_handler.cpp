@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -68,18 +69,28 @@ struct Call {
   double sum_logprob = 0;  // of the sampled tokens (best_of ranks by it)
   int64_t num_tokens = 0;
   std::optional<v1::GenerateComplete> complete;
+  std::optional<ToolCallParser> tools;  // chat with tools: the reply is parsed for tool calls
 };
 
 // The request's calls, started (each one's request reaches the server now; the server runs them
 // side by side and computes an identical prompt once).
 std::vector<std::unique_ptr<Call>> StartCalls(Backend& backend, const CompletionHandlerOptions& options,
-                                              const ParsedRequest& parsed, const ResponseContext& ctx) {
+                                              const ParsedRequest& parsed, const ResponseContext& ctx,
+                                              ToolCallFormat tool_format) {
   std::vector<GenerationCall> specs = CallsFor(parsed);
   std::vector<std::unique_ptr<Call>> calls;
   for (size_t i = 0; i < specs.size(); ++i) {
     auto c = std::make_unique<Call>(ctx);
     c->spec = std::move(specs[i]);
     c->index = c->spec.prompt_index * parsed.n + c->spec.sample_index;
+    if (tool_format != ToolCallFormat::kNone) {
+      // call_<the response id's letters and digits>_<generation>_<call>: unique per response.
+      std::string id = "call_";
+      for (char ch : ctx.id.substr(ctx.id.find('-') + 1)) {
+        if (std::isalnum(static_cast<unsigned char>(ch))) id += ch;
+      }
+      c->tools.emplace(tool_format, id + "_" + std::to_string(i) + "_");
+    }
     // One x-request-id per request; its calls are told apart in the server's log by "/<i>".
     c->spec.grpc.set_request_id(specs.size() == 1 ? ctx.request_id : ctx.request_id + "/" + std::to_string(i));
     SetDeadline(&c->grpc_ctx, options.request_timeout_seconds);
@@ -146,6 +157,14 @@ struct StreamState {
   Clock::time_point start = Clock::now();
 };
 
+// The tool calls a piece of the reply completed, as one delta chunk.
+template <typename Write>
+bool WriteToolCalls(const StreamState& st, const Call& call, const std::vector<ParsedToolCall>& calls, Write& write) {
+  if (calls.empty()) return true;
+  const int first = call.tools->num_calls() - static_cast<int>(calls.size());
+  return write(SseEvent(ToolCallsChunkJson(st.ctx, calls, first, call.index)));
+}
+
 // Produces the next SSE event(s). Returns false when the client is gone (the calls are cancelled).
 bool NextEvents(StreamState& st, httplib::DataSink& sink) {
   auto write = [&](const std::string& s) {
@@ -188,14 +207,27 @@ bool NextEvents(StreamState& st, httplib::DataSink& sink) {
     const v1::GenerateChunk& chunk = msg.chunk();
     Absorb(call, chunk);
     json lp = call.logprobs.Take();
-    // Text held back for a possible stop string arrives later; nothing to send yet.
-    if (chunk.text().empty() && lp.is_null()) return true;
-    return write(SseEvent(DeltaChunkJson(st.ctx, chunk.text(), std::move(lp), call.index)));
+    ToolCallParser::Output out{chunk.text(), {}};
+    if (call.tools) out = call.tools->Feed(chunk.text());
+    // Text held back for a possible stop string (or a tool call) arrives later; nothing to send yet.
+    if ((!out.content.empty() || !lp.is_null()) &&
+        !write(SseEvent(DeltaChunkJson(st.ctx, out.content, std::move(lp), call.index)))) {
+      return false;
+    }
+    return WriteToolCalls(st, call, out.calls, write);
   }
   if (got && msg.has_complete()) {
     call.complete = msg.complete();
     const v1::GenerateComplete& complete = *call.complete;
-    if (!write(SseEvent(FinishChunkJson(st.ctx, complete, call.index)))) return false;
+    if (call.tools) {
+      ToolCallParser::Output out = call.tools->Finish();
+      if (!out.content.empty() && !write(SseEvent(DeltaChunkJson(st.ctx, out.content, nullptr, call.index)))) {
+        return false;
+      }
+      if (!WriteToolCalls(st, call, out.calls, write)) return false;
+    }
+    const bool called = call.tools && call.tools->num_calls() > 0;
+    if (!write(SseEvent(FinishChunkJson(st.ctx, complete, call.index, called)))) return false;
     spdlog::info("{} ({}): choice {} finished ({}) prompt_tokens={} completion_tokens={} policy={}", st.ctx.id,
                  st.ctx.request_id, call.index, FinishReasonName(complete.finish_reason()),
                  complete.usage().prompt_tokens(), complete.usage().completion_tokens(), complete.pruning().policy());
@@ -244,7 +276,7 @@ std::optional<ApiError> FirstMessages(std::vector<std::unique_ptr<Call>>& calls,
 }
 
 void ServeStream(Backend& backend, const CompletionHandlerOptions& options, const ParsedRequest& parsed,
-                 ResponseContext ctx, httplib::Response& res) {
+                 ResponseContext ctx, ToolCallFormat tool_format, httplib::Response& res) {
   auto st = std::make_shared<StreamState>(std::move(ctx));
   st->include_usage = parsed.include_usage;
   ApiError error;
@@ -252,7 +284,7 @@ void ServeStream(Backend& backend, const CompletionHandlerOptions& options, cons
     SendError(res, error);
     return;
   }
-  st->calls = StartCalls(backend, options, parsed, st->ctx);
+  st->calls = StartCalls(backend, options, parsed, st->ctx, tool_format);
   // Wait for each call's first message: a request the server rejects gets a proper HTTP status
   // instead of a 200 with an error event.
   if (std::optional<ApiError> e = FirstMessages(st->calls, st->ctx)) {
@@ -269,7 +301,8 @@ void ServeStream(Backend& backend, const CompletionHandlerOptions& options, cons
 }
 
 void ServeUnary(Backend& backend, const CompletionHandlerOptions& options, const ParsedRequest& parsed,
-                const ResponseContext& ctx, const httplib::Request& req, httplib::Response& res) {
+                const ResponseContext& ctx, ToolCallFormat tool_format, const httplib::Request& req,
+                httplib::Response& res) {
   const Clock::time_point start = Clock::now();
   std::vector<std::string> echo;
   ApiError error;
@@ -277,7 +310,7 @@ void ServeUnary(Backend& backend, const CompletionHandlerOptions& options, const
     SendError(res, error);
     return;
   }
-  std::vector<std::unique_ptr<Call>> calls = StartCalls(backend, options, parsed, ctx);
+  std::vector<std::unique_ptr<Call>> calls = StartCalls(backend, options, parsed, ctx, tool_format);
   // Nothing is written until the end, so only the socket can tell that the client left: then the
   // backend calls are cancelled and the requests stop generating (issue 18 D2).
   ConnectionWatch watch(req, [&calls] {
@@ -333,7 +366,14 @@ void ServeUnary(Backend& backend, const CompletionHandlerOptions& options, const
   std::vector<ChoiceOut> choices;
   for (Call* c : returned) {
     std::string text = echo.empty() ? c->text : echo[static_cast<size_t>(c->spec.prompt_index)] + c->text;
-    choices.push_back(ChoiceOut{c->index, std::move(text), c->logprobs.Take(), &*c->complete});
+    ChoiceOut out{c->index, std::move(text), c->logprobs.Take(), &*c->complete, {}};
+    if (c->tools) {
+      ToolCallParser::Output body = c->tools->Feed(out.text), tail = c->tools->Finish();
+      out.text = body.content + tail.content;
+      out.tool_calls = std::move(body.calls);
+      for (ParsedToolCall& t : tail.calls) out.tool_calls.push_back(std::move(t));
+    }
+    choices.push_back(std::move(out));
   }
   spdlog::info("{} ({}): finished, {} choice(s) of {} generation(s), first ({}) prompt_tokens={} "
                "completion_tokens={} policy={} e2e={:.3f}s",
@@ -380,10 +420,24 @@ void HandleCompletion(Endpoint endpoint, Backend& backend, const CompletionHandl
   ctx.top_logprobs = parsed.top_logprobs;
   spdlog::info("{}: x-request-id {}, {}", ctx.id, ctx.request_id,
                endpoint == Endpoint::kChatCompletions ? "chat completion" : "completion");
+  ToolCallFormat tool_format = ToolCallFormat::kNone;
+  if (parsed.parse_tool_calls) {
+    if (std::optional<ToolCallFormat> f = ParseToolCallFormat(options.tool_call_parser)) {
+      tool_format = *f;
+    } else {  // auto: the format the model's chat template teaches
+      v1::ModelInfo info;
+      const grpc::Status st = backend.GetModelInfo(&info, 5.0);
+      if (!st.ok()) {
+        SendError(res, FromGrpcStatus(st));
+        return;
+      }
+      tool_format = DetectToolCallFormat(info.chat_template());
+    }
+  }
   if (parsed.stream) {
-    ServeStream(backend, options, parsed, std::move(ctx), res);
+    ServeStream(backend, options, parsed, std::move(ctx), tool_format, res);
   } else {
-    ServeUnary(backend, options, parsed, ctx, req, res);
+    ServeUnary(backend, options, parsed, ctx, tool_format, req, res);
   }
 }
 

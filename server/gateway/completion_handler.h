@@ -22,6 +22,9 @@ enum class Endpoint;
 struct CompletionHandlerOptions {
   std::string model_name;              // --model-name; empty: the backend's model name
   double request_timeout_seconds = 0;  // 0: no deadline
+  // --tool-call-parser: "auto" (the format the model's chat template teaches), "hermes",
+  // "llama3_json" or "none".
+  std::string tool_call_parser = "auto";
 };
 
 // Handles one POST. Runs on an HTTP worker thread; blocks on the backend until the first response

@@ -157,7 +157,8 @@ bool Gateway::Admit(const httplib::Request& req, httplib::Response& res) const {
 }
 
 void Gateway::RegisterRoutes() {
-  const CompletionHandlerOptions handler_options{options_.model_name, options_.request_timeout_seconds};
+  const CompletionHandlerOptions handler_options{options_.model_name, options_.request_timeout_seconds,
+                                                 options_.tool_call_parser};
   Backend* backend = backend_.get();
   // The post-routing handler covers x-request-id on responses no route made (404, 413); the
   // pre-routing handler (InstallPreRouting) sets it on all others.

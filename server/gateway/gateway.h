@@ -45,6 +45,9 @@ struct GatewayOptions {
   std::string model_name;            // enforced when set; empty: the backend's name, any accepted
   int num_threads = 64;              // HTTP worker threads = concurrent requests served
   double request_timeout_seconds = 0;  // gRPC deadline of a generation; 0 = none
+  // How chat replies to requests with tools are parsed for tool calls: auto (the format the
+  // model's chat template teaches), hermes, llama3_json or none (server/gateway/tool_calls.h).
+  std::string tool_call_parser = "auto";
   size_t max_body_bytes = 16u << 20;
   int max_message_bytes = 16 << 20;  // gRPC message limit (a long token-id prompt is ~5 B/token)
   std::vector<std::string> api_keys;         // keys clients must send; empty: no authentication

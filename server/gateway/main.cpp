@@ -74,6 +74,11 @@ int main(int argc, char** argv) {
                  "Deadline of one generation in seconds (HTTP 504 when it passes); 0 = none")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--tool-call-parser", options.tool_call_parser,
+                 "How replies to chat requests with tools become tool_calls: auto (the format the model's chat "
+                 "template teaches), hermes, llama3_json or none")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "hermes", "llama3_json", "none"}));
   app.add_option("--max-body-bytes", options.max_body_bytes, "Largest request body accepted (HTTP 413 beyond)")
       ->capture_default_str();
   app.add_option("--max-message-bytes", options.max_message_bytes, "Largest gRPC message sent or received")

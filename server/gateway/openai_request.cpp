@@ -13,7 +13,8 @@
 namespace asl::gateway {
 namespace {
 
-using nlohmann::json;
+// ordered_json: objects keep the client's key order, which templates show (tools |tojson).
+using json = nlohmann::ordered_json;
 
 // Reads body[key] with a type check. Absent and null mean "unset" (return true, leave `out`).
 // Every field read from a client goes through this (or an explicit is_*() check before get<>()):
@@ -119,7 +120,7 @@ bool ParseMessages(const json& body, v1::ChatMessages* chat, ApiError* error) {
     auto c = m.find("content");
     if (c != m.end() && c->is_string()) {
       content = c->get<std::string>();
-    } else if (c != m.end() && c->is_array()) {  // [{"type": "text", "text": "..."}]
+    } else if (c != m.end() && c->is_array()) {  // [{"type": "text", "text": "..."}], joined by "\n" like vLLM
       for (size_t k = 0; k < c->size(); ++k) {
         const json& part = (*c)[k];
         const std::string pw = where + ".content[" + std::to_string(k) + "]";
@@ -132,6 +133,7 @@ bool ParseMessages(const json& body, v1::ChatMessages* chat, ApiError* error) {
         if (!pf.String("type", &type) || !pf.String("text", &text)) return false;
         if (type != "text") return pf.Fail("type", "only \"text\" parts are supported");
         if (!text) return pf.Fail("text", "required");
+        if (k > 0) content += '\n';
         content += *text;
       }
     } else if (c != m.end() && !c->is_null()) {
@@ -142,7 +144,70 @@ bool ParseMessages(const json& body, v1::ChatMessages* chat, ApiError* error) {
     // OpenAI's `developer` role replaces `system` for newer models; templates know only system.
     const std::string r = role->get<std::string>();
     out->set_role(r == "developer" ? "system" : r);
-    out->set_content(std::move(content));
+    const Fields mf(m, where + ".", error);
+    std::optional<std::string> name, tool_call_id;
+    if (!mf.String("name", &name) || !mf.String("tool_call_id", &tool_call_id)) return false;
+    if (name) out->set_name(*name);
+    if (tool_call_id) out->set_tool_call_id(*tool_call_id);
+    if (const json* calls = mf.Get("tool_calls"); calls && !calls->is_null()) {
+      if (!calls->is_array()) return mf.Fail("tool_calls", "must be an array");
+      for (size_t k = 0; k < calls->size(); ++k) {
+        const json& call = (*calls)[k];
+        const std::string cw = where + ".tool_calls[" + std::to_string(k) + "]";
+        if (!call.is_object()) {
+          *error = InvalidRequest(cw, cw + ": must be an object {id, type, function: {name, arguments}}");
+          return false;
+        }
+        const Fields cf(call, cw + ".", error);
+        std::optional<std::string> id, type;
+        if (!cf.String("id", &id) || !cf.String("type", &type)) return false;
+        if (type.value_or("function") != "function") return cf.Fail("type", "only \"function\" is supported");
+        const json* fn = cf.Get("function");
+        if (!fn || !fn->is_object()) return cf.Fail("function", "required: {name, arguments}");
+        const Fields ff(*fn, cw + ".function.", error);
+        std::optional<std::string> fname;
+        if (!ff.String("name", &fname)) return false;
+        if (!fname || fname->empty()) return ff.Fail("name", "required");
+        v1::ToolCall* tc = out->add_tool_calls();
+        if (id) tc->set_id(*id);
+        tc->set_name(*fname);
+        // OpenAI sends the arguments as JSON text; an object is accepted too.
+        if (const json* args = ff.Get("arguments"); args && !args->is_null()) {
+          tc->set_arguments(args->is_string() ? args->get<std::string>() : args->dump());
+        } else {
+          tc->set_arguments("{}");
+        }
+      }
+    }
+    // A null content stays null only where templates expect it: an assistant turn that calls tools.
+    if (!content.empty() || out->tool_calls().empty() || (c != m.end() && !c->is_null())) {
+      out->set_content(std::move(content));
+    }
+  }
+  if (const json* tools = body.contains("tools") ? &body.at("tools") : nullptr; tools && !tools->is_null()) {
+    if (!tools->is_array()) {
+      *error = InvalidRequest("tools", "tools: must be an array of {type: \"function\", function: {name, ...}}");
+      return false;
+    }
+    for (size_t k = 0; k < tools->size(); ++k) {
+      const json& t = (*tools)[k];
+      const std::string tw = "tools[" + std::to_string(k) + "]";
+      const json* fn = t.is_object() && t.contains("function") ? &t.at("function") : nullptr;
+      if (!fn || !fn->is_object() || !fn->contains("name") || !fn->at("name").is_string() ||
+          t.value("type", std::string("function")) != "function") {
+        *error = InvalidRequest(tw, tw + ": must be {type: \"function\", function: {name, description, parameters}}");
+        return false;
+      }
+    }
+    if (!tools->empty()) chat->set_tools_json(tools->dump());
+  }
+  if (const json* kw = body.contains("chat_template_kwargs") ? &body.at("chat_template_kwargs") : nullptr;
+      kw && !kw->is_null()) {
+    if (!kw->is_object()) {
+      *error = InvalidRequest("chat_template_kwargs", "chat_template_kwargs: must be an object");
+      return false;
+    }
+    chat->set_chat_template_kwargs_json(kw->dump());
   }
   return true;
 }
@@ -404,9 +469,15 @@ bool ParseChoices(Endpoint endpoint, const Fields& f, ParsedRequest* out) {
 
 // Options this server does not implement: refusing them beats silently ignoring them.
 bool RejectUnsupported(const Fields& f) {
-  if (const json* tools = f.Get("tools"); tools && !(tools->is_array() && tools->empty())) {
-    return f.Fail("tools", "tool calling is not supported");
+  // Tools are rendered into the prompt by the model's template (ParseMessages); forcing a call needs
+  // grammar-constrained decoding, which tool_choice does not have yet.
+  if (const json* tc = f.Get("tool_choice"); tc && !tc->is_null()) {
+    if (!tc->is_string() || (tc->get<std::string>() != "auto" && tc->get<std::string>() != "none")) {
+      return f.Fail("tool_choice", "only \"auto\" and \"none\" are supported");
+    }
   }
+  std::optional<bool> parallel;
+  if (!f.Bool("parallel_tool_calls", &parallel)) return false;
   if (const json* rf = f.Get("response_format")) {
     if (!rf->is_object()) return f.Fail("response_format", "must be an object");
     std::optional<std::string> type;
@@ -528,7 +599,12 @@ bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out
     b.reset();
     if (!f.Bool("add_generation_prompt", &b)) return false;
     if (b) out->grpc.set_add_generation_prompt(*b);
+    const json* tc = f.Get("tool_choice");
+    out->parse_tool_calls = !out->grpc.chat().tools_json().empty() && !(tc && *tc == "none");
   } else {
+    if (const json* tools = f.Get("tools"); tools && !(tools->is_array() && tools->empty())) {
+      return f.Fail("tools", "tools need messages: use /v1/chat/completions");
+    }
     if (!ParsePrompts(j, &out->prompts, error)) return false;
     if (out->prompts.size() * static_cast<size_t>(out->best_of) > static_cast<size_t>(kMaxChoices)) {
       return f.Fail("prompt", std::to_string(out->prompts.size()) + " prompts x best_of/n " +

@@ -38,6 +38,8 @@ struct ParsedRequest {
   int n = 1;                   // choices per prompt
   int best_of = 1;             // generations per prompt (>= n): the n with the highest summed logprob are returned
   bool echo = false;           // completions: the prompt's text before the completion
+  // Chat with tools and tool_choice other than "none": the replies are parsed for tool calls.
+  bool parse_tool_calls = false;
 };
 
 // Parses `body`. On failure returns false and fills `error` (HTTP 400 naming the field).

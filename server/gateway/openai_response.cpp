@@ -52,6 +52,20 @@ json Choice(const ResponseContext& ctx, int index, const std::string& text, json
   return c;
 }
 
+json ToolCallJson(const ParsedToolCall& call) {
+  return {{"id", call.id}, {"type", "function"}, {"function", {{"name", call.name}, {"arguments", call.arguments}}}};
+}
+
+// finish_reason: "tool_calls" for a reply that called tools and stopped by itself.
+const char* FinishReason(const v1::GenerateComplete& complete, bool tool_calls) {
+  return tool_calls && complete.finish_reason() == v1::FINISH_REASON_STOP ? "tool_calls"
+                                                                          : FinishReasonName(complete.finish_reason());
+}
+
+bool AllSpace(const std::string& s) {
+  return s.find_first_not_of(" \t\r\n") == std::string::npos;
+}
+
 }  // namespace
 
 void LogprobsBuilder::Add(const v1::TokenLogprob& lp, const v1::TopLogprobs* alternatives, bool first_of_prompt) {
@@ -184,8 +198,16 @@ json CompletionJson(const ResponseContext& ctx, const std::vector<ChoiceOut>& ch
   j["choices"] = json::array();
   json asl_choices = json::array();
   for (const ChoiceOut& c : choices) {
-    j["choices"].push_back(Choice(ctx, c.index, c.text, c.logprobs, FinishReasonName(c.complete->finish_reason()),
-                                  /*delta=*/false, /*with_role=*/true));
+    const bool calls = !c.tool_calls.empty();
+    json choice = Choice(ctx, c.index, c.text, c.logprobs, FinishReason(*c.complete, calls), /*delta=*/false,
+                         /*with_role=*/true);
+    if (calls && ctx.endpoint == Endpoint::kChatCompletions) {
+      json& msg = choice["message"];
+      if (AllSpace(c.text)) msg["content"] = nullptr;
+      msg["tool_calls"] = json::array();
+      for (const ParsedToolCall& t : c.tool_calls) msg["tool_calls"].push_back(ToolCallJson(t));
+    }
+    j["choices"].push_back(std::move(choice));
     asl_choices.push_back(AslJson(ctx.request_id, *c.complete));
   }
   j["usage"] = std::move(usage);
@@ -212,9 +234,23 @@ json DeltaChunkJson(const ResponseContext& ctx, const std::string& text, json lo
   return j;
 }
 
-json FinishChunkJson(const ResponseContext& ctx, const v1::GenerateComplete& complete, int index) {
+json ToolCallsChunkJson(const ResponseContext& ctx, const std::vector<ParsedToolCall>& calls, int first, int index) {
   json j = Envelope(ctx, /*chunk=*/true);
-  json c = Choice(ctx, index, "", nullptr, FinishReasonName(complete.finish_reason()), /*delta=*/true,
+  json deltas = json::array();
+  for (size_t k = 0; k < calls.size(); ++k) {
+    json d = ToolCallJson(calls[k]);
+    d["index"] = first + static_cast<int>(k);
+    deltas.push_back(std::move(d));
+  }
+  json c = {{"index", index}, {"delta", {{"tool_calls", std::move(deltas)}}}, {"logprobs", nullptr},
+            {"finish_reason", nullptr}};
+  j["choices"] = json::array({std::move(c)});
+  return j;
+}
+
+json FinishChunkJson(const ResponseContext& ctx, const v1::GenerateComplete& complete, int index, bool tool_calls) {
+  json j = Envelope(ctx, /*chunk=*/true);
+  json c = Choice(ctx, index, "", nullptr, FinishReason(complete, tool_calls), /*delta=*/true,
                   /*with_role=*/false);
   if (ctx.endpoint == Endpoint::kChatCompletions) c["delta"] = json::object();
   j["choices"] = json::array({std::move(c)});

@@ -14,6 +14,8 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+
+#include "server/gateway/tool_calls.h"
 #include <string>
 #include <vector>
 
@@ -71,6 +73,9 @@ struct ChoiceOut {
   std::string text;
   nlohmann::json logprobs;  // null when not requested
   const v1::GenerateComplete* complete = nullptr;
+  // Chat: the tool calls parsed from the reply (then `text` is what was around them; whitespace
+  // only: content null) and finish_reason "tool_calls".
+  std::vector<ParsedToolCall> tool_calls;
 };
 
 // Non-streaming response: the whole completion. `asl` is the first choice's AslJson; with several
@@ -87,8 +92,12 @@ struct ChoiceOut {
 [[nodiscard]] nlohmann::json RoleChunkJson(const ResponseContext& ctx, int index = 0);
 [[nodiscard]] nlohmann::json DeltaChunkJson(const ResponseContext& ctx, const std::string& text, nlohmann::json logprobs,
                                             int index = 0);
+// Chat: a delta with tool calls, numbered from `first` within the choice (OpenAI's tool_calls[].index).
+[[nodiscard]] nlohmann::json ToolCallsChunkJson(const ResponseContext& ctx, const std::vector<ParsedToolCall>& calls,
+                                                int first, int index = 0);
+// `tool_calls`: the choice called tools, so its finish_reason "stop" reads "tool_calls".
 [[nodiscard]] nlohmann::json FinishChunkJson(const ResponseContext& ctx, const v1::GenerateComplete& complete,
-                                             int index = 0);
+                                             int index = 0, bool tool_calls = false);
 [[nodiscard]] nlohmann::json UsageChunkJson(const ResponseContext& ctx, nlohmann::json usage);
 [[nodiscard]] nlohmann::json UsageChunkJson(const ResponseContext& ctx, const v1::GenerateComplete& complete);
 

@@ -30,6 +30,33 @@ ApiError ParseFails(Endpoint e, const std::string& body) {
   return err;
 }
 
+TEST(ParseRequest, ChatCarriesToolsToolCallsAndTemplateKwargs) {
+  const ParsedRequest r = ParseOk(Endpoint::kChatCompletions, R"({
+    "model": "m", "tool_choice": "auto", "parallel_tool_calls": true,
+    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "b": 1, "a": 2}}}],
+    "chat_template_kwargs": {"enable_thinking": false},
+    "messages": [{"role": "user", "content": "Weather?"},
+                 {"role": "assistant", "content": null, "tool_calls": [
+                   {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+                   {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
+                 {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": "21C"}]})");
+  const v1::ChatMessages& chat = r.grpc.chat();
+  ASSERT_EQ(chat.messages_size(), 3);
+  // Key order is the client's: templates print tools with |tojson.
+  EXPECT_EQ(chat.tools_json(),
+            R"([{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","b":1,"a":2}}}])");
+  EXPECT_EQ(chat.chat_template_kwargs_json(), R"({"enable_thinking":false})");
+  const v1::ChatMessage& call = chat.messages(1);
+  EXPECT_FALSE(call.has_content());  // null stays null for a tool-calling turn
+  ASSERT_EQ(call.tool_calls_size(), 2);
+  EXPECT_EQ(call.tool_calls(0).id(), "c1");
+  EXPECT_EQ(call.tool_calls(0).arguments(), R"({"city": "Paris"})");
+  EXPECT_EQ(call.tool_calls(1).arguments(), R"({"city":"Rome"})");
+  EXPECT_EQ(chat.messages(2).tool_call_id(), "c1");
+  EXPECT_EQ(chat.messages(2).name(), "get_weather");
+  EXPECT_TRUE(chat.messages(0).has_content());
+}
+
 TEST(ParseRequest, ChatMapsOpenAiAndAslFields) {
   const ParsedRequest r = ParseOk(Endpoint::kChatCompletions, R"({
     "model": "m", "messages": [{"role": "system", "content": "S"},
@@ -41,7 +68,7 @@ TEST(ParseRequest, ChatMapsOpenAiAndAslFields) {
     "pruning": {"policy": "asl", "tau": 0.25, "kv_budget": 256, "select_k": 256.0, "detailed_report": true}})");
   const v1::GenerateRequest& g = r.grpc;
   ASSERT_EQ(g.chat().messages_size(), 2);
-  EXPECT_EQ(g.chat().messages(1).content(), "ab");
+  EXPECT_EQ(g.chat().messages(1).content(), "a\nb");  // text parts joined like vLLM
   EXPECT_EQ(g.sampling().max_tokens(), 7);  // max_completion_tokens wins
   EXPECT_DOUBLE_EQ(g.sampling().temperature(), 0.5);
   EXPECT_EQ(g.sampling().seed(), UINT64_MAX);
@@ -138,7 +165,17 @@ TEST(ParseRequest, ErrorsNameTheField) {
   EXPECT_EQ(ParseFails(chat, R"({"model": "m", "top_logprobs": 2, )" + msgs + "}").param, "top_logprobs");
   EXPECT_EQ(ParseFails(chat, R"({"model": "m", "pruning": {"tau": "x"}, )" + msgs + "}").param, "pruning.tau");
   EXPECT_EQ(ParseFails(chat, R"({"model": "m", "pruning": {"budget": 1}, )" + msgs + "}").param, "pruning.budget");
-  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "tools": [{}], )" + msgs + "}").param, "tools");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "tools": [{}], )" + msgs + "}").param, "tools[0]");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "tools": {}, )" + msgs + "}").param, "tools");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "tool_choice": "required", )" + msgs + "}").param, "tool_choice");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "chat_template_kwargs": [1], )" + msgs + "}").param,
+            "chat_template_kwargs");
+  EXPECT_EQ(ParseFails(chat, R"({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]})")
+                .param,
+            "messages[0].tool_calls[0].function.name");
+  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "tools": [{"function": {"name": "f"}}]})")
+                .param,
+            "tools");
   // n = 1 and null fields are fine.
   ParseOk(chat, R"({"model": "m", "n": 1, "temperature": null, "stop": null, )" + msgs + "}");
 }
@@ -442,6 +479,82 @@ TEST(ParseRequest, LogitBiasAndDeveloperRole) {
                                                  "sampling.logit_bias[99999]: token id 99999 outside the vocabulary"));
   EXPECT_EQ(e.param, "logit_bias");
   EXPECT_EQ(e.message, "logit_bias: token id 99999 outside the vocabulary");
+}
+
+}  // namespace
+}  // namespace asl::gateway
+
+namespace asl::gateway {
+namespace {
+
+// Feeds `text` in pieces of `step` bytes, then finishes; returns (content, calls).
+std::pair<std::string, std::vector<ParsedToolCall>> ParseInPieces(ToolCallFormat f, const std::string& text, size_t step) {
+  ToolCallParser p(f, "call_x_");
+  std::string content;
+  std::vector<ParsedToolCall> calls;
+  auto take = [&](ToolCallParser::Output o) {
+    content += o.content;
+    for (auto& c : o.calls) calls.push_back(std::move(c));
+  };
+  for (size_t i = 0; i < text.size(); i += step) take(p.Feed(text.substr(i, step)));
+  take(p.Finish());
+  EXPECT_EQ(p.num_calls(), static_cast<int>(calls.size()));
+  return {content, calls};
+}
+
+TEST(ToolCalls, HermesBlocksBecomeCallsInAnyPieces) {
+  const std::string reply =
+      "Let me check.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"n\": 2}}\n"
+      "</tool_call>\n<tool_call>{\"name\": \"f\", \"arguments\": \"{}\"}</tool_call> done <tool";
+  for (size_t step : {1, 2, 5, 1000}) {
+    auto [content, calls] = ParseInPieces(ToolCallFormat::kHermes, reply, step);
+    EXPECT_EQ(content, "Let me check.\n done <tool") << step;  // a half marker at the end is content
+    ASSERT_EQ(calls.size(), 2u) << step;
+    EXPECT_EQ(calls[0].name, "get_weather");
+    EXPECT_EQ(calls[0].arguments, R"({"city":"Paris","n":2})");  // the model's key order
+    EXPECT_EQ(calls[0].id, "call_x_0");
+    EXPECT_EQ(calls[1].arguments, "{}");
+    EXPECT_EQ(calls[1].id, "call_x_1");
+  }
+}
+
+TEST(ToolCalls, HermesBadBlocksStayContentAndAnUnclosedCallCounts) {
+  auto [content, calls] = ParseInPieces(ToolCallFormat::kHermes, "a<tool_call>not json</tool_call>b", 3);
+  EXPECT_EQ(content, "a<tool_call>not json</tool_call>b");
+  EXPECT_TRUE(calls.empty());
+  // Generation stopped (a stop token) before </tool_call>: still a call when the JSON is whole.
+  std::tie(content, calls) = ParseInPieces(ToolCallFormat::kHermes, "<tool_call>{\"name\": \"g\"}", 4);
+  EXPECT_EQ(content, "");
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].arguments, "{}");
+  std::tie(content, calls) = ParseInPieces(ToolCallFormat::kHermes, "<tool_call>{\"name\": ", 4);
+  EXPECT_EQ(content, "<tool_call>{\"name\": ");
+  EXPECT_TRUE(calls.empty());
+}
+
+TEST(ToolCalls, Llama3JsonRepliesAndPlainText) {
+  auto [content, calls] = ParseInPieces(ToolCallFormat::kLlama3Json,
+                                        " {\"name\": \"a\", \"parameters\": {\"x\": 1}}; {\"name\": \"b\", \"parameters\": {}}", 3);
+  EXPECT_EQ(content, "");
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0].arguments, R"({"x":1})");
+  EXPECT_EQ(calls[1].name, "b");
+  std::tie(content, calls) = ParseInPieces(ToolCallFormat::kLlama3Json, "The answer is {1}.", 2);
+  EXPECT_EQ(content, "The answer is {1}.");
+  EXPECT_TRUE(calls.empty());
+  std::tie(content, calls) = ParseInPieces(ToolCallFormat::kLlama3Json, "{\"not\": \"a call\"}", 2);
+  EXPECT_EQ(content, "{\"not\": \"a call\"}");
+}
+
+TEST(ToolCalls, FormatFromTheTemplate) {
+  EXPECT_EQ(DetectToolCallFormat("{% for tool in tools %}...<tool_call>\\n{{ tool_call | tojson }}</tool_call>"),
+            ToolCallFormat::kHermes);
+  EXPECT_EQ(DetectToolCallFormat("<|start_header_id|>{% if tools %}{\"name\": function name, \"parameters\": ...}"),
+            ToolCallFormat::kLlama3Json);
+  EXPECT_EQ(DetectToolCallFormat("<|im_start|>{{ m.content }}"), ToolCallFormat::kNone);
+  EXPECT_EQ(ParseToolCallFormat("hermes"), ToolCallFormat::kHermes);
+  EXPECT_EQ(ParseToolCallFormat("auto"), std::nullopt);
+  EXPECT_STREQ(ToolCallFormatName(ToolCallFormat::kLlama3Json), "llama3_json");
 }
 
 }  // namespace

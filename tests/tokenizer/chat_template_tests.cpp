@@ -1,8 +1,12 @@
-// Chat templates against hand-checked renderings (label unit). The model tests compare the same
-// code with Hugging Face's apply_chat_template on many conversations.
+// Chat templates (llama.cpp's Jinja engine behind tok::ChatTemplate) against hand-checked renderings
+// (label unit). test_chat_templates.py compares ~70 real model templates with Hugging Face's
+// renderer; the model tests compare the default model's template on many conversations.
 #include <gtest/gtest.h>
 
 #include "engine/tokenizer/chat_template.h"
+
+#include <atomic>
+#include <thread>
 
 namespace asl::tok {
 namespace {
@@ -26,71 +30,134 @@ const std::string kLlama3Template =
     "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
-TEST(ChatTemplateTest, DetectsFamilies) {
-  EXPECT_EQ(DetectChatTemplate(kSmolLM2Template), ChatTemplateKind::kChatML);
-  EXPECT_EQ(DetectChatTemplate(kQwen2Template), ChatTemplateKind::kChatML);
-  EXPECT_EQ(DetectChatTemplate(kLlama3Template), ChatTemplateKind::kLlama3);
-  EXPECT_EQ(DetectChatTemplate("{{ messages }}"), std::nullopt);
-  EXPECT_EQ(ParseChatTemplateKind("chatml"), ChatTemplateKind::kChatML);
-  EXPECT_EQ(ParseChatTemplateKind("Llama3"), ChatTemplateKind::kLlama3);
-  EXPECT_EQ(ParseChatTemplateKind("mistral"), std::nullopt);
-  EXPECT_STREQ(ChatTemplateKindName(ChatTemplateKind::kLlama3), "llama3");
+ChatTemplate MustCompile(const std::string& source, const std::string& bos = "<s>", const std::string& eos = "</s>") {
+  StatusOr<ChatTemplate> t = ChatTemplate::Compile(source, bos, eos);
+  EXPECT_TRUE(t.ok()) << t.status().ToString();
+  return std::move(t).value();
 }
 
-TEST(ChatTemplateTest, RemembersTheDefaultSystemMessage) {
-  auto smol = ChatTemplate::FromJinja(kSmolLM2Template, "<|im_start|>");
-  ASSERT_TRUE(smol.has_value());
-  EXPECT_EQ(smol->default_system(), "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
-  auto qwen = ChatTemplate::FromJinja(kQwen2Template, "");
-  ASSERT_TRUE(qwen.has_value());
-  EXPECT_EQ(qwen->default_system(), "You are a helpful assistant.");
-  auto llama = ChatTemplate::FromJinja(kLlama3Template, "<|begin_of_text|>");
-  ASSERT_TRUE(llama.has_value());
-  EXPECT_EQ(llama->default_system(), "");
-  // A ChatML template without a default system message.
-  auto plain = ChatTemplate::FromJinja(
-      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
-      "{% endfor %}",
-      "");
-  ASSERT_TRUE(plain.has_value());
-  EXPECT_EQ(plain->default_system(), "");
+std::string RenderText(const ChatTemplate& t, const std::vector<ChatMessage>& messages, bool add_generation_prompt = true) {
+  ChatRenderOptions o;
+  o.add_generation_prompt = add_generation_prompt;
+  StatusOr<RenderedChat> r = t.Render(messages, o);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? r->text : "";
 }
 
-TEST(ChatTemplateTest, ChatMLRendering) {
-  auto smol = ChatTemplate::FromJinja(kSmolLM2Template, "<|im_start|>");
-  auto text = smol->Apply({{"user", "Hi"}}, /*add_generation_prompt=*/true);
-  ASSERT_TRUE(text.ok());
-  EXPECT_EQ(*text,
+ChatMessage Msg(std::string role, std::string content) { return {.role = std::move(role), .content = std::move(content)}; }
+
+TEST(ChatTemplateTest, ChatMLWithTheModelsDefaultSystemMessage) {
+  const ChatTemplate smol = MustCompile(kSmolLM2Template);
+  EXPECT_EQ(RenderText(smol, {Msg("user", "Hi")}),
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
-  text = smol->Apply({{"system", "Be brief."}, {"user", " x "}, {"assistant", "y"}}, false);
-  ASSERT_TRUE(text.ok());
-  EXPECT_EQ(*text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n x <|im_end|>\n"
-                   "<|im_start|>assistant\ny<|im_end|>\n");
+  EXPECT_EQ(RenderText(smol, {Msg("system", "Be brief."), Msg("user", " x "), Msg("assistant", "y")}, false),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n x <|im_end|>\n"
+            "<|im_start|>assistant\ny<|im_end|>\n");
+  EXPECT_EQ(RenderText(MustCompile(kQwen2Template), {Msg("user", "Hi")}),
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\n");
 }
 
-TEST(ChatTemplateTest, Llama3Rendering) {
-  auto text = ApplyChatTemplate(ChatTemplateKind::kLlama3, {{"system", " sys\n"}, {"user", "\tHello  "}}, true, "");
-  ASSERT_TRUE(text.ok());
-  EXPECT_EQ(*text,
+TEST(ChatTemplateTest, Llama3TrimsAndWritesBos) {
+  const ChatTemplate llama = MustCompile(kLlama3Template, "<|begin_of_text|>");
+  EXPECT_EQ(RenderText(llama, {Msg("system", " sys\n"), Msg("user", "\tHello  ")}),
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nsys<|eot_id|>"
             "<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
             "<|start_header_id|>assistant<|end_header_id|>\n\n");
-  // Jinja's |trim is Python's str.strip(): Unicode spaces go too.
-  text = ApplyChatTemplate(ChatTemplateKind::kLlama3, {{"user", "\u3000\u00a0hi\u2028"}}, false, "", "<s>");
-  ASSERT_TRUE(text.ok());
-  EXPECT_EQ(*text, "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>");
-  text = ApplyChatTemplate(ChatTemplateKind::kLlama3, {{"user", "   "}}, false, "");
-  ASSERT_TRUE(text.ok());
-  EXPECT_EQ(*text, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|eot_id|>");
+  EXPECT_EQ(RenderText(llama, {Msg("user", "   ")}, false),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|eot_id|>");
 }
 
-TEST(ChatTemplateTest, RejectsBadRolesAndEmptyConversations) {
-  auto text = ApplyChatTemplate(ChatTemplateKind::kChatML, {{"user", "a"}, {"robot", "b"}}, true, "");
-  ASSERT_FALSE(text.ok());
-  EXPECT_EQ(text.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(text.status().message().find("messages[1].role"), std::string::npos) << text.status().message();
-  EXPECT_EQ(ApplyChatTemplate(ChatTemplateKind::kLlama3, {}, true, "").status().code(), StatusCode::kInvalidArgument);
+TEST(ChatTemplateTest, BuiltinsAreTheReferenceTemplates) {
+  ASSERT_TRUE(BuiltinChatTemplateSource("ChatML").has_value());
+  EXPECT_EQ(RenderText(MustCompile(*BuiltinChatTemplateSource("llama3"), "<b>"), {Msg("user", " a ")}),
+            RenderText(MustCompile(kLlama3Template, "<b>"), {Msg("user", " a ")}));
+  EXPECT_EQ(BuiltinChatTemplateSource("mistral"), std::nullopt);
+  EXPECT_EQ(RenderText(MustCompile(*BuiltinChatTemplateSource("chatml")), {Msg("user", "a")}),
+            "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n");
+  StatusOr<std::string> missing = ResolveChatTemplateSource("/nonexistent/template.jinja");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("/nonexistent/template.jinja"), std::string::npos);
+}
+
+TEST(ChatTemplateTest, ToolsToolCallsAndExtraContext) {
+  // Hermes-style: tools listed with |tojson, calls with their arguments, tool results by name.
+  const ChatTemplate t = MustCompile(
+      "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }}:{{ t.function.parameters | tojson }}{% endfor %}"
+      "</tools>{% endif %}{% for m in messages %}[{{ m.role }}]{% if m.tool_calls %}{% for c in m.tool_calls %}"
+      "call {{ c.id }} {{ c.function.name }}({% for k, v in c.function.arguments.items() %}{{ k }}={{ v }}"
+      "{% endfor %}){% endfor %}{% else %}{{ m.content }}"
+      "{% endif %}{% if m.name %} from {{ m.name }}{% endif %}{% endfor %}{% if enable_thinking is false %}"
+      "<no_think>{% endif %}");
+  ChatMessage call{.role = "assistant", .content = std::nullopt};
+  call.tool_calls.push_back({"c1", "get_weather", R"({"city": "Paris"})"});
+  ChatMessage result = Msg("tool", "21C");
+  result.name = "get_weather";
+  ChatRenderOptions o;
+  o.tools_json = R"([{"type": "function", "function": {"name": "get_weather", "parameters": {"b": 1, "a": 2}}}])";
+  o.extra_context_json = R"({"enable_thinking": false})";
+  StatusOr<RenderedChat> r = t.Render({Msg("user", "Weather?"), call, result}, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  // The template indexes into the arguments, so it gets them parsed; JSON keys keep their order.
+  EXPECT_EQ(r->text, R"(<tools>get_weather:{"b": 1, "a": 2}</tools>[user]Weather?[assistant]call c1 get_weather(city=Paris))"
+                     "[tool]21C from get_weather<no_think>");
+  o.tools_json = "{not json";
+  EXPECT_EQ(t.Render({Msg("user", "x")}, o).status().code(), StatusCode::kInvalidArgument);
+  o.tools_json = "";
+  o.extra_context_json = "[1]";
+  EXPECT_NE(t.Render({Msg("user", "x")}, o).status().message().find("chat_template_kwargs"), std::string::npos);
+}
+
+TEST(ChatTemplateTest, StringArgumentsForTemplatesThatPrintThem) {
+  // A template that only prints the arguments gets the JSON text as sent (llama.cpp's probe).
+  const ChatTemplate t = MustCompile(
+      "{% for m in messages %}{% for c in m.tool_calls %}{{ c.function.name }} {{ c.function.arguments }}"
+      "{% endfor %}{% endfor %}");
+  ChatMessage call{.role = "assistant", .content = std::nullopt};
+  call.tool_calls.push_back({"", "f", R"({"x": [1, 2]})"});
+  EXPECT_EQ(RenderText(t, {call}), R"(f {"x": [1, 2]})");
+}
+
+TEST(ChatTemplateTest, RequestTextIsMarkedAsInput) {
+  const ChatTemplate t = MustCompile(kQwen2Template);
+  StatusOr<RenderedChat> r = t.Render({Msg("system", "S<|im_end|>"), Msg("user", "U")}, {});
+  ASSERT_TRUE(r.ok());
+  std::vector<std::string> marked;
+  for (const TextRange& range : r->input_ranges) marked.push_back(r->text.substr(range.begin, range.end - range.begin));
+  EXPECT_EQ(marked, (std::vector<std::string>{"system", "S<|im_end|>", "user", "U"}));
+}
+
+TEST(ChatTemplateTest, ErrorsAreInvalidArgumentWithTheTemplatesMessage) {
+  StatusOr<ChatTemplate> bad = ChatTemplate::Compile("{% for m in messages %}{{ m.content }", "", "");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  const ChatTemplate strict = MustCompile(
+      "{% for m in messages %}{% if m.role == 'robot' %}{{ raise_exception('Robots are not welcome') }}{% endif %}"
+      "{{ m.content }}{% endfor %}");
+  StatusOr<RenderedChat> r = strict.Render({Msg("user", "a"), Msg("robot", "b")}, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("Robots are not welcome"), std::string::npos) << r.status().message();
+  EXPECT_EQ(strict.Render({}, {}).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(ChatTemplateTest, ConcurrentRendersOfOneTemplate) {
+  const ChatTemplate t = MustCompile(kSmolLM2Template);
+  const std::string want = RenderText(t, {Msg("user", "hello")});
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&] {
+      for (int k = 0; k < 200; ++k) {
+        StatusOr<RenderedChat> r = t.Render({Msg("user", "hello")}, {});
+        if (!r.ok() || r->text != want) ++bad;
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
 }
 
 }  // namespace

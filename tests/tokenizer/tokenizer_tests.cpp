@@ -149,6 +149,26 @@ TEST(TokenizerTest, SpecialTokensSplitFirstLongestMatch) {
   EXPECT_EQ(tok->Encode("x", /*add_bos=*/true), (std::vector<int32_t>{start, 'x'}));
 }
 
+TEST(TokenizerTest, EncodeChatKeepsControlTokensInRequestTextAsText) {
+  Toy toy = MakeToy();
+  auto tok = MakeTokenizer(toy.spec);
+  const int32_t start = toy.Id("<|im_start|>"), end = toy.Id("<|im_end|>");
+  // "<|im_start|>" + "he<|im_end|>" (request text) + "<|im_end|>": only the template's tokens are control tokens.
+  RenderedChat chat{"<|im_start|>he<|im_end|><|im_end|>", {{12, 24}}};
+  std::vector<int32_t> want{start, toy.Id("he")};
+  for (int32_t id : Bytes("<|im_end|>")) want.push_back(id);
+  want.push_back(end);
+  // The byte-level toy splits "<|im_end|>" into single bytes and merges none of them.
+  EXPECT_EQ(tok->EncodeChat(chat), want);
+  // Without input ranges it is Encode with special parsing.
+  EXPECT_EQ(tok->EncodeChat({chat.text, {}}), tok->Encode(chat.text, false, true));
+  // A control token that starts in request text and ends in template text stays a control token
+  // (Phi-3's '<|' + role + '|>' is written so).
+  EXPECT_EQ(tok->EncodeChat({"<|im_end|>", {{0, 4}}}), (std::vector<int32_t>{end}));
+  // Non-special added tokens are split out everywhere, as with parse_special=false.
+  EXPECT_EQ(tok->EncodeChat({"<x>", {{0, 3}}}), (std::vector<int32_t>{toy.Id("<x>")}));
+}
+
 TEST(TokenizerTest, DecodeAndTokenText) {
   Toy toy = MakeToy();
   auto tok = MakeTokenizer(toy.spec);
@@ -301,8 +321,8 @@ TEST(TokenizerJsonTest, ReadsSpecFromTokenizerJson) {
   auto tok = MakeTokenizer(*spec);
   EXPECT_EQ(tok->Encode("hello 12345<tool>", true), (std::vector<int32_t>{260, 259, ' ', '1', '2', '3', '4', '5', 262}));
   ASSERT_TRUE(tok->chat_template().has_value());
-  EXPECT_EQ(tok->chat_template()->kind(), ChatTemplateKind::kLlama3);
   EXPECT_EQ(tok->chat_template()->bos_token(), "<|begin_of_text|>");
+  EXPECT_EQ(tok->chat_template()->eos_token(), "<|eot_id|>");
   EXPECT_EQ(tok->stop_token_ids(), (std::vector<int32_t>{261}));
   // Also accepted: the path of the file itself.
   EXPECT_TRUE(Tokenizer::SpecFromTokenizerJson((dir / "tokenizer.json").string()).ok());

@@ -31,7 +31,6 @@ void EvalOptions::Register(CLI::App* app) {
   app->add_option("--out", out_prefix, "output prefix: writes <out>.json.gz (every request) and <out>.md (the tables)")->capture_default_str();
   app->add_option("--limit-seconds", limit_seconds, "stop after this long and write the partial report (0 = no limit)")
       ->capture_default_str();
-  app->add_option("--chat-template", chat_template, "override the model's chat template: chatml or llama3");
   app->add_option("--resume", resume, "an earlier run's <out>.json.gz or .json (same seed and model): its requests are not run again")
       ->check(CLI::ExistingFile);
   app->add_flag("--dry-run", dry_run, "build and size every sample, write them to <out>.samples.json, run nothing");
@@ -86,7 +85,7 @@ int RunEval(CommonOptions& o, const EvalOptions& e) {
   std::unique_ptr<tok::Tokenizer> own_tokenizer;
   const tok::Tokenizer* tokenizer = nullptr;
   if (e.dry_run) {
-    auto t = LoadTokenizerOnly(o.model_path);
+    auto t = LoadTokenizerOnly(o.model_path, o.chat_template);
     if (!t.ok()) return Fail(t.status());
     own_tokenizer = std::move(t).value();
     tokenizer = own_tokenizer.get();
@@ -98,14 +97,13 @@ int RunEval(CommonOptions& o, const EvalOptions& e) {
     std::fprintf(stderr, "[eval] model %s (%lld layers) loaded in %.1f s\n", engine->model_info().name.c_str(),
                  static_cast<long long>(engine->model_info().num_layers), Since(t_load));
   }
-  const std::string chat_template = e.chat_template;
   eval::SampleBuilder builder(*data, e.seed,
                               [&](const std::string& user, const std::string& prefix) -> StatusOr<std::vector<TokenId>> {
-                                std::vector<tok::ChatMessage> messages{{"user", user}};
-                                ASL_ASSIGN_OR_RETURN(std::string text,
-                                                     tokenizer->ApplyChatTemplate(messages, true, chat_template));
+                                std::vector<tok::ChatMessage> messages{{.role = "user", .content = user}};
+                                ASL_ASSIGN_OR_RETURN(tok::RenderedChat chat, tokenizer->ApplyChatTemplate(messages, {}));
                                 // RULER's answer prefix follows the generation prompt directly.
-                                return tokenizer->Encode(text + prefix, /*add_bos=*/false, /*parse_special=*/true);
+                                chat.text += prefix;
+                                return tokenizer->EncodeChat(chat);
                               });
 
   // ---- plan -----------------------------------------------------------------------------------------
