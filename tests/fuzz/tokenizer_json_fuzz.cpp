@@ -30,7 +30,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)t.Decode(ids, /*skip_special=*/false);
   (void)t.Decode({-1, 0, 1, 2, t.vocab_size()}, /*skip_special=*/true);
   (void)t.stop_token_ids();
-  std::vector<asl::tok::ChatMessage> chat = {{"system", "s"}, {"user", "hi"}};
-  (void)t.ApplyChatTemplate(chat, true);
+  std::vector<asl::tok::ChatMessage> chat = {{.role = "system", .content = "s"}, {.role = "user", .content = "hi"}};
+  if (auto r = t.ApplyChatTemplate(chat, {}); r.ok()) {
+    for (int32_t id : t.EncodeChat(*r)) {
+      if (id < 0 || id >= t.vocab_size()) __builtin_trap();
+    }
+  }
   return 0;
 }

@@ -630,7 +630,8 @@ INVALID = [
     ("no input", dict(), "input"),
     ("empty prompt", dict(prompt=""), "prompt"),
     ("empty chat", dict(chat=pb.ChatMessages()), "chat.messages"),
-    ("bad role", dict(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="robot", content="x")])),
+    # Roles are the template's to judge (SmolLM2's takes any); an empty one is refused here.
+    ("empty role", dict(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="", content="x")])),
      "chat.messages[0].role"),
     ("empty token ids", dict(token_ids=pb.TokenIds()), "token_ids.ids"),
     ("token id over vocab", dict(token_ids=pb.TokenIds(ids=[1, 10_000_000])), "token_ids.ids[1]"),
