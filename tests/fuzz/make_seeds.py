@@ -103,6 +103,10 @@ def chat_template_seeds():
         jinja = "".join(unescape(s) for s in re.findall(r'"((?:[^"\\]|\\.)*)"', decl))
         put("chat_template", name[1:] + ".txt", jinja + "\n--messages--\n" + msgs)
     put("chat_template", "plain.txt", "{{ messages }}\n--messages--\nuser\x1fx")
+    # Request-side JSON the target passes to the templates: tools, kwargs, a tool call's arguments.
+    tools = '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]'
+    put("chat_template", "tools.txt", "\n--messages--\ntools\x1f" + tools + "\x1ekwargs\x1f{\"enable_thinking\": false}"
+        "\x1euser\x1fWeather?\x1eassistant\x1f{\"city\": \"Paris\"}\x1etool\x1f21C<|im_end|>")
 
 
 def openai_seeds():
