@@ -141,6 +141,31 @@ std::vector<int> PromptOf(const std::vector<std::unique_ptr<Call>>& calls) {
   return out;
 }
 
+// One of the gateway's generation seats, held until the response is done (a stream: until its
+// last event, by the StreamState that owns it).
+class Seat {
+ public:
+  explicit Seat(std::shared_ptr<std::atomic<int>> count) : count_(std::move(count)) {}
+  ~Seat() {
+    if (count_) --*count_;
+  }
+  Seat(const Seat&) = delete;
+  Seat& operator=(const Seat&) = delete;
+
+ private:
+  std::shared_ptr<std::atomic<int>> count_;
+};
+
+// A seat, or nullptr when all are taken.
+std::unique_ptr<Seat> TakeSeat(const CompletionHandlerOptions& options) {
+  if (!options.in_flight) return std::make_unique<Seat>(nullptr);
+  if (options.in_flight->fetch_add(1) >= options.max_in_flight) {
+    --*options.in_flight;
+    return nullptr;
+  }
+  return std::make_unique<Seat>(options.in_flight);
+}
+
 // A streamed response: its calls are sent one after the other, each choice whole (clients put
 // choices together by index), all started at once so that they generate side by side.
 struct StreamState {
@@ -152,6 +177,7 @@ struct StreamState {
   bool include_usage = false;
   std::vector<std::unique_ptr<Call>> calls;
   std::vector<std::string> echo;  // per prompt; empty without echo
+  std::unique_ptr<Seat> seat;     // released with the state, after the last event
   size_t current = 0;             // the call being sent
   bool started_current = false;   // its role chunk (chat) or echo text was sent
   Clock::time_point start = Clock::now();
@@ -276,8 +302,10 @@ std::optional<ApiError> FirstMessages(std::vector<std::unique_ptr<Call>>& calls,
 }
 
 void ServeStream(Backend& backend, const CompletionHandlerOptions& options, const ParsedRequest& parsed,
-                 ResponseContext ctx, ToolCallFormat tool_format, httplib::Response& res) {
+                 ResponseContext ctx, ToolCallFormat tool_format, std::unique_ptr<Seat> seat,
+                 httplib::Response& res) {
   auto st = std::make_shared<StreamState>(std::move(ctx));
+  st->seat = std::move(seat);
   st->include_usage = parsed.include_usage;
   ApiError error;
   if (parsed.echo && !EchoTexts(backend, parsed, st->ctx.request_id, &st->echo, &error)) {
@@ -434,8 +462,21 @@ void HandleCompletion(Endpoint endpoint, Backend& backend, const CompletionHandl
       tool_format = DetectToolCallFormat(info.chat_template());
     }
   }
+  std::unique_ptr<Seat> seat = TakeSeat(options);
+  if (!seat) {
+    ApiError e;
+    e.http_status = 429;
+    e.type = "rate_limit_error";
+    e.code = "gateway_at_capacity";
+    e.message = "the gateway is serving its most concurrent generations (" + std::to_string(options.max_in_flight) +
+                ", asl-gateway --threads); retry shortly";
+    e.retry_after_seconds = 1;
+    spdlog::info("{} ({}): refused, {} generations in flight", ctx.id, ctx.request_id, options.max_in_flight);
+    SendError(res, e);
+    return;
+  }
   if (parsed.stream) {
-    ServeStream(backend, options, parsed, std::move(ctx), tool_format, res);
+    ServeStream(backend, options, parsed, std::move(ctx), tool_format, std::move(seat), res);
   } else {
     ServeUnary(backend, options, parsed, ctx, tool_format, req, res);
   }

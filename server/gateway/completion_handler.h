@@ -7,6 +7,8 @@
 // ClientContext::TryCancel, and asl-server cancels the request and frees its KV blocks.
 #pragma once
 
+#include <atomic>
+#include <memory>
 #include <string>
 
 namespace httplib {
@@ -25,6 +27,10 @@ struct CompletionHandlerOptions {
   // --tool-call-parser: "auto" (the format the model's chat template teaches), "hermes",
   // "llama3_json" or "none".
   std::string tool_call_parser = "auto";
+  // Generations being served (streams until their last event) and the most at once: beyond it a
+  // request gets 429 with Retry-After at once instead of waiting for an HTTP worker. Null: no limit.
+  std::shared_ptr<std::atomic<int>> in_flight;
+  int max_in_flight = 0;
 };
 
 // Handles one POST. Runs on an HTTP worker thread; blocks on the backend until the first response

@@ -157,8 +157,13 @@ bool Gateway::Admit(const httplib::Request& req, httplib::Response& res) const {
 }
 
 void Gateway::RegisterRoutes() {
+  // A few HTTP workers stay free of generations, so that a request beyond the limit (and /health,
+  // /metrics-style routes) is answered at once instead of queueing behind the streams.
+  const int threads = std::max(1, options_.num_threads);
+  const int reserve = std::clamp(threads / 8, 1, 16);
   const CompletionHandlerOptions handler_options{options_.model_name, options_.request_timeout_seconds,
-                                                 options_.tool_call_parser};
+                                                 options_.tool_call_parser, std::make_shared<std::atomic<int>>(0),
+                                                 std::max(1, threads - reserve)};
   Backend* backend = backend_.get();
   // The post-routing handler covers x-request-id on responses no route made (404, 413); the
   // pre-routing handler (InstallPreRouting) sets it on all others.

@@ -14,7 +14,10 @@
 //
 // Threads: cpp-httplib's listener thread accepts; each HTTP connection is served by one thread of
 // a pool of `num_threads`, which also runs that request's blocking gRPC call. A streaming request
-// holds its thread until the stream ends, so num_threads bounds concurrent streams.
+// holds its thread until the stream ends, so num_threads bounds concurrent streams: generations
+// take at most num_threads - clamp(num_threads / 8, 1, 16) workers, and a completion request beyond
+// that gets 429 (gateway_at_capacity, Retry-After: 1) at once from a worker kept free, instead of
+// waiting unseen in httplib's queue.
 //
 // Drain: BeginDrain() closes the listening socket (new connections are refused) and answers any
 // further request on an open keep-alive connection with 503; requests and SSE streams in flight run to their
@@ -43,7 +46,7 @@ struct GatewayOptions {
   int listen_port = 8080;            // 0: pick a free port (see Gateway::port)
   std::string backend = "127.0.0.1:50051";
   std::string model_name;            // enforced when set; empty: the backend's name, any accepted
-  int num_threads = 64;              // HTTP worker threads = concurrent requests served
+  int num_threads = 256;             // HTTP worker threads (see Threads above)
   double request_timeout_seconds = 0;  // gRPC deadline of a generation; 0 = none
   // How chat replies to requests with tools are parsed for tool calls: auto (the format the
   // model's chat template teaches), hermes, llama3_json or none (server/gateway/tool_calls.h).

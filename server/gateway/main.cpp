@@ -67,7 +67,9 @@ int main(int argc, char** argv) {
   app.add_option("--model-name", options.model_name,
                  "Model name /v1/models lists; when set, requests naming another model get 404 "
                  "(default: the backend's model name, and any requested name is accepted)");
-  app.add_option("--threads", options.num_threads, "HTTP worker threads = most concurrent requests")
+  app.add_option("--threads", options.num_threads,
+                 "HTTP worker threads; generations use all but clamp(threads/8, 1, 16) of them, and a completion "
+                 "request beyond that gets 429 at once")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
   app.add_option("--request-timeout", options.request_timeout_seconds,

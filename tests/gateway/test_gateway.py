@@ -771,3 +771,47 @@ def test_server_refuses_a_bad_chat_template(tmp_path):
                             "--kv_cache.bytes=64MiB"],
                            capture_output=True, text=True, timeout=120)
         assert p.returncode != 0 and needle in (p.stdout + p.stderr), (value, p.stdout[-500:], p.stderr[-500:])
+
+
+def test_streams_beyond_capacity_get_429_at_once(stack, model, tmp_path):  # issue 17 item 5
+    """--threads=4 keeps one worker free: three streams run, the fourth request gets 429 with
+    Retry-After at once (not a wait in the HTTP queue), and a seat frees when a stream ends."""
+    port = free_port()
+    gw = Process("asl-gateway-4", [str(BIN_DIR / "asl-gateway"), f"--listen=127.0.0.1:{port}",
+                                   f"--backend={stack.grpc_address}", "--threads=4"], tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while True:
+            gw.check_alive()
+            try:
+                if requests.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline, gw.log()
+            time.sleep(0.1)
+        body = {"model": model, "prompt": "Count:", "max_tokens": 400, "stream": True, "ignore_eos": True,
+                "temperature": 0}
+        streams = [requests.post(url + "/v1/completions", json=body, stream=True, timeout=120) for _ in range(3)]
+        for s in streams:  # each is generating: its first event arrived
+            assert s.status_code == 200
+            next(s.iter_lines())
+        # A request queued behind the streams would be served (200) once one ended; 429 means it was
+        # answered while all three still ran.
+        r = requests.post(url + "/v1/completions", json={**body, "stream": False, "max_tokens": 2}, timeout=30)
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "gateway_at_capacity" and r.headers["Retry-After"] == "1"
+        assert requests.get(url + "/health", timeout=10).status_code == 200  # the free worker answers
+        streams[0].close()  # the client leaves: its seat frees once the gateway notices
+        deadline = time.time() + 60
+        while True:
+            r = requests.post(url + "/v1/completions", json={**body, "stream": False, "max_tokens": 2}, timeout=60)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 429 and time.time() < deadline, r.text
+            time.sleep(0.5)
+        for s in streams[1:]:
+            s.close()
+    finally:
+        gw.stop()
