@@ -5,6 +5,7 @@
 #include <exception>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 
 #include <nlohmann/json.hpp>
 
@@ -28,6 +29,10 @@ struct ChatTemplate::Impl {
   // a tool-calling turn's null content becomes "" for templates that render tool calls.
   bool object_arguments = false;
   bool non_null_tool_call_content = false;
+  // The engine's strftime_now calls std::localtime, whose result is one static buffer: renders of
+  // a template that uses it take turns.
+  bool uses_localtime = false;
+  mutable std::mutex localtime_mu;
 };
 
 namespace {
@@ -94,6 +99,7 @@ StatusOr<ChatTemplate> ChatTemplate::Compile(std::string source, std::string bos
   } catch (const std::exception& e) {
     return InvalidArgument(std::string("chat template: ") + e.what());
   }
+  impl->uses_localtime = source.find("strftime_now") != std::string::npos;
   impl->source = std::move(source);
   impl->bos_token = std::move(bos_token);
   impl->eos_token = std::move(eos_token);
@@ -148,6 +154,8 @@ StatusOr<RenderedChat> ChatTemplate::Render(const std::vector<ChatMessage>& mess
                 {"add_generation_prompt", options.add_generation_prompt}};
 
   RenderedChat out;
+  std::unique_lock<std::mutex> lock(impl_->localtime_mu, std::defer_lock);
+  if (impl_->uses_localtime) lock.lock();
   try {
     jinja::context ctx(impl_->source);
     jinja::global_from_json(ctx, EngineJson(input), /*mark_input=*/true);
