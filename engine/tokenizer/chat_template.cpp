@@ -29,6 +29,7 @@ struct ChatTemplate::Impl {
   // a tool-calling turn's null content becomes "" for templates that render tool calls.
   bool object_arguments = false;
   bool non_null_tool_call_content = false;
+  bool renders_tools = true;  // the template shows `tools` to the model (else a request's tools are refused)
   // The engine's strftime_now calls std::localtime, whose result is one static buffer: renders of
   // a template that uses it take turns.
   bool uses_localtime = false;
@@ -96,6 +97,7 @@ StatusOr<ChatTemplate> ChatTemplate::Compile(std::string source, std::string bos
     const jinja::caps caps = jinja::caps_get(impl->program);
     impl->object_arguments = caps.supports_object_arguments;
     impl->non_null_tool_call_content = caps.supports_tool_calls;
+    impl->renders_tools = caps.supports_tools;
   } catch (const std::exception& e) {
     return InvalidArgument(std::string("chat template: ") + e.what());
   }
@@ -107,6 +109,7 @@ StatusOr<ChatTemplate> ChatTemplate::Compile(std::string source, std::string bos
 }
 
 const std::string& ChatTemplate::source() const { return impl_->source; }
+bool ChatTemplate::renders_tools() const { return impl_->renders_tools; }
 const std::string& ChatTemplate::bos_token() const { return impl_->bos_token; }
 const std::string& ChatTemplate::eos_token() const { return impl_->eos_token; }
 
@@ -130,6 +133,12 @@ StatusOr<json> InputContext(const ChatTemplate::Impl& t, const std::vector<ChatM
   if (!options.tools_json.empty()) {
     json tools = json::parse(options.tools_json, nullptr, /*allow_exceptions=*/false);
     if (tools.is_discarded() || !tools.is_array()) return InvalidArgument("tools: must be a JSON array");
+    // Silently dropping them would leave the model unaware of its tools.
+    if (!tools.empty() && !t.renders_tools) {
+      return InvalidArgument(
+          "tools: the chat template in use does not render tools; serve the model with a template that does "
+          "(model.chat_template)");
+    }
     input["tools"] = std::move(tools);
   }
   input["messages"] = std::move(msgs);

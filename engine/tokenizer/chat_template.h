@@ -73,6 +73,9 @@ class ChatTemplate {
                                                   const ChatRenderOptions& options) const;
 
   const std::string& source() const;
+  // Whether the template shows `tools` to the model (llama.cpp's capability probe); Render refuses
+  // tools (InvalidArgument naming "tools") when it does not.
+  bool renders_tools() const;
   const std::string& bos_token() const;
   const std::string& eos_token() const;
 

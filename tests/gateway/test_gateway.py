@@ -815,3 +815,11 @@ def test_streams_beyond_capacity_get_429_at_once(stack, model, tmp_path):  # iss
             s.close()
     finally:
         gw.stop()
+
+
+def test_tools_refused_when_the_template_cannot_show_them(client, model):
+    """SmolLM2's own template has no tools section: tools are a 400, not silently dropped."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Weather?"}],
+                                       tools=[WEATHER_TOOL], max_tokens=2)
+    assert "does not render tools" in e.value.body["message"], e.value.body

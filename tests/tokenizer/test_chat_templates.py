@@ -9,7 +9,9 @@ Both renderers get the same context: the messages as asl-server passes them to t
 (asl-chat-template reports them: tool-call arguments as objects only for templates that index into
 them, a tool-calling turn's null content as "" for templates that render tool calls; llama.cpp's
 capability probe decides, as in llama-server). Equal text is required, and an error where Hugging
-Face raises. KNOWN_DIFFERENCES lists the (template, conversation) pairs where the two engines differ
+Face raises. Where the template does not render tools (llama.cpp's probe), asl-server refuses a
+request's tools (400) instead of dropping them; the test then checks that Hugging Face's render is
+indeed the same with and without them. KNOWN_DIFFERENCES lists the (template, conversation) pairs where the two engines differ
 for a documented reason (docs/chat_templates.md); exactly those must differ, so a change on either
 side shows up."""
 import json
@@ -65,12 +67,11 @@ KNOWN_DIFFERENCES: dict[str, tuple[set[str], bool, str]] = {
     "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": ({"user", "system", "history"}, True, _UNDEFINED_TOOLS),
     "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": ({"user", "system", "history"}, True, _UNDEFINED_TOOLS),
     "fireworks-ai-llama-3-firefunction-v2.jinja": (
-        {"user", "system", "history", "tools"}, True,
+        {"user", "system", "history"}, True,
         "reads a `functions` variable nobody passes: jinja2 raises UndefinedError, llama.cpp's engine renders it empty"),
     "Kimi-K2-Instruct.jinja": ({"tools"}, True, "calls list.append, which jinja2's sandbox forbids"),
     "Kimi-K2-Thinking.jinja": ({"tools"}, True, "calls list.append, which jinja2's sandbox forbids"),
     "ibm-granite-granite-3.3-2B-Instruct.jinja": ({"tools"}, True, _NULL_CONTENT),
-    "microsoft-Phi-3.5-mini-instruct.jinja": ({"tools"}, True, _NULL_CONTENT),
     "llama-cpp-deepseek-r1.jinja": ({"tools"}, True, "applies |tojson to a generator, which Python's json cannot encode"),
     "meetkai-functionary-medium-v3.1.jinja": (
         {"tools"}, False,
@@ -126,6 +127,10 @@ def test_template_renders_like_hugging_face(name, ours):
     for conv, case in CONVERSATIONS.items():
         got = ours[(name, conv)]
         hf_ok, hf = _hf_render(source, case, got.get("context"))
+        if not got["ok"] and "does not render tools" in got["error"]:
+            # Refused rather than dropped: then the template must really ignore them.
+            assert _hf_render(source, {**case, "tools": None}, None) == (hf_ok, hf), f"[{conv}] renders tools"
+            continue
         if hf_ok != got["ok"] or (hf_ok and hf != got["text"]):
             mismatches.append((conv, hf_ok, hf, got))
     expected, hf_raises, why = KNOWN_DIFFERENCES.get(name, (set(), False, ""))
