@@ -261,6 +261,11 @@ std::vector<Option> BuildOptions() {
   o.push_back(FloatOption("prefix_cache.max_share", "largest share of the pool's blocks holding cached prefix KV, in (0, 1]",
                           0.0, 1.0, false, [](auto* c) { return &c->engine.prefix_cache_share; }));
 
+  // structured_output
+  o.push_back(SizeOption("structured_output.grammar_cache_bytes",
+                         "memory for compiled grammars (JSON schemas, regexes, EBNF), reused by requests repeating a spec",
+                         0, kI64Max, [](auto* c) { return &c->engine.grammar_cache_bytes; }));
+
   // scheduler
   o.push_back(IntOption("scheduler.max_num_seqs", "sequences running at once", 1, 65536,
                         [](auto* c) { return &c->engine.max_num_seqs; }));

@@ -121,6 +121,7 @@ class EngineImpl final : public Engine, private sched::PoolFacts {
   std::unique_ptr<runner::ModelRunner> runner_;
   std::unique_ptr<sched::Scheduler> scheduler_;
   std::unique_ptr<sched::BlockAccounting> accounting_;
+  std::unique_ptr<sample::GrammarCompiler> grammars_;  // structured output; thread-safe (Submit)
   int64_t kv_bytes_per_token_ = 0;  // one token of one layer, K and V, all KV heads
 
   // Inbox: the only state shared across threads.
@@ -192,6 +193,16 @@ Status EngineImpl::Init() {
   }
   if (!config_.chat_template.empty()) ASL_RETURN_IF_ERROR(tokenizer_->OverrideChatTemplate(config_.chat_template));
   model_ = std::make_unique<model::LlamaModel>(mc, std::move(loaded.weights));
+  {
+    // Structured output sees each token as the bytes it adds to the text; control tokens add none.
+    std::vector<std::string> token_bytes(static_cast<size_t>(tokenizer_->vocab_size()));
+    for (int32_t id = 0; id < tokenizer_->vocab_size(); ++id) {
+      if (!tokenizer_->IsSpecial(id)) token_bytes[id] = tokenizer_->TokenText(id);
+    }
+    grammars_ = std::make_unique<sample::GrammarCompiler>(token_bytes, std::max<int64_t>(mc.vocab_size, tokenizer_->vocab_size()),
+                                                          tokenizer_->stop_token_ids(), at::get_num_threads(),
+                                                          config_.grammar_cache_bytes);
+  }
 
   PruningParams probe = config_.default_pruning;
   ASL_RETURN_IF_ERROR(ResolvePruningParams(&probe, static_cast<int>(mc.num_layers)));
@@ -315,6 +326,10 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
                              ", more than the whole pool (" + std::to_string(pool_->num_blocks_total()) + ")");
   }
 
+  // Last: compiling a grammar is the costly check (milliseconds to seconds; cached by spec).
+  ASL_ASSIGN_OR_RETURN(std::shared_ptr<const sample::CompiledConstraint> grammar,
+                       grammars_->Compile(request.sampling.constraint));
+
   auto e = std::make_unique<Entry>();
   e->request = std::move(request);
   e->sink = std::move(sink);
@@ -324,7 +339,13 @@ StatusOr<RequestId> EngineImpl::Submit(GenerateRequest request, std::shared_ptr<
   e->seq.admission_blocks = blocks.prompt;
   e->seq.lifetime_blocks = blocks.lifetime;
   e->seq.arrival_time = Clock::now();
-  e->sampler = std::make_unique<sample::SamplerState>(e->request.sampling, e->request.prompt_ids);
+  std::unique_ptr<sample::GrammarState> matcher;
+  if (grammar) {
+    std::vector<TokenId> end_tokens = tokenizer_->stop_token_ids();
+    end_tokens.insert(end_tokens.end(), e->request.sampling.stop_token_ids.begin(), e->request.sampling.stop_token_ids.end());
+    matcher = std::make_unique<sample::GrammarState>(std::move(grammar), end_tokens);
+  }
+  e->sampler = std::make_unique<sample::SamplerState>(e->request.sampling, e->request.prompt_ids, std::move(matcher));
   e->detok = std::make_unique<tok::IncrementalDecoder>(*tokenizer_, /*skip_special=*/true);
   e->stop = std::make_unique<sample::StopMatcher>(e->request.sampling.stop);
 

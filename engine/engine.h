@@ -54,6 +54,9 @@ struct EngineConfig {
   bool prefix_cache = true;
   double prefix_cache_share = 1.0;
   int max_model_len = 0;           // prompt + max_tokens limit; 0 = the model's context length
+  // Structured output: memory for compiled grammars, kept by spec so that requests repeating a
+  // schema skip the compile (least recently used go first).
+  int64_t grammar_cache_bytes = int64_t{256} << 20;
   PruningParams default_pruning;   // server-wide pruning defaults (resolved per request)
 };
 

@@ -44,12 +44,21 @@ void OutputProcessor::Accept(Entry& e, const sample::SampleResult& r) {
   else e.inter_token_seconds.push_back(Seconds(now - s.last_token_time));
   s.last_token_time = now;
   s.output_ids.push_back(r.token_id);
-  e.sampler->Observe(r.token_id);
+  if (!e.sampler->Observe(r.token_id)) {
+    // The sampler draws from the grammar's mask, so this is a defect, not the client's input.
+    const std::string why = e.sampler->grammar_error();
+    Finish(e, FinishReason::kError,
+           Internal("structured output: the grammar rejected the sampled token " + std::to_string(r.token_id) +
+                    (why.empty() ? "" : " (" + why + ")")));
+    return;
+  }
 
   const SamplingParams& sp = e.request.sampling;
   bool stop_token = false;
   if (!sp.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), r.token_id) != eos_ids_.end()) stop_token = true;
   if (std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), r.token_id) != sp.stop_token_ids.end()) stop_token = true;
+  // A complete structured output ends at the end token its grammar accepted, ignore_eos or not.
+  if (e.sampler->grammar_terminated()) stop_token = true;
 
   TokenChunk chunk;
   chunk.token_ids.push_back(r.token_id);

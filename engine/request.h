@@ -27,6 +27,24 @@ using TokenId = int32_t;
 Status ResolvePruningParams(PruningParams* params, int num_layers);
 
 // ---- sampling and stopping ----------------------------------------------------------------------
+// Structured output (docs/structured_output.md): the generated text must match a grammar, enforced
+// by a token mask in the sampler (xgrammar). The spec is compiled when the request is submitted; an
+// invalid one fails Submit with InvalidArgument naming sampling.constraint.
+enum class ConstraintKind {
+  kNone,           // free text
+  kJsonObject,     // any JSON object (OpenAI response_format json_object); spec unused
+  kJsonSchema,     // spec: a JSON Schema, as JSON text
+  kRegex,          // spec: a regular expression the whole output matches
+  kGrammar,        // spec: an EBNF grammar (xgrammar's dialect of GBNF; the rule "root" starts it)
+  kStructuralTag,  // spec: an xgrammar structural tag, as JSON text
+};
+const char* ConstraintKindName(ConstraintKind kind);
+
+struct OutputConstraint {
+  ConstraintKind kind = ConstraintKind::kNone;
+  std::string spec;
+};
+
 struct SamplingParams {
   double temperature = 0.0;          // 0 = greedy
   double top_p = 1.0;                // (0, 1]
@@ -46,6 +64,9 @@ struct SamplingParams {
   // OpenAI logit_bias: (token id, bias in [-100, 100]) added to the logits after the penalties,
   // before greedy/temperature (ids unique, in the vocabulary). Logprobs stay those of the raw logits.
   std::vector<std::pair<TokenId, float>> logit_bias;
+  // The output's grammar; applied after logit_bias: tokens it does not allow next get -inf. A request
+  // whose grammar has accepted an end token finishes (kStop), even with ignore_eos.
+  OutputConstraint constraint;
 };
 
 Status ValidateSamplingParams(const SamplingParams& p, int64_t vocab_size);

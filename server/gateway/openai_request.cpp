@@ -193,8 +193,9 @@ bool ParseMessages(const json& body, v1::ChatMessages* chat, ApiError* error) {
       const json& t = (*tools)[k];
       const std::string tw = "tools[" + std::to_string(k) + "]";
       const json* fn = t.is_object() && t.contains("function") ? &t.at("function") : nullptr;
-      if (!fn || !fn->is_object() || !fn->contains("name") || !fn->at("name").is_string() ||
-          t.value("type", std::string("function")) != "function") {
+      // (value() would throw on a "type" that is not a string.)
+      const bool function_type = !t.contains("type") || t.at("type").is_null() || t.at("type") == "function";
+      if (!fn || !fn->is_object() || !fn->contains("name") || !fn->at("name").is_string() || !function_type) {
         *error = InvalidRequest(tw, tw + ": must be {type: \"function\", function: {name, description, parameters}}");
         return false;
       }
@@ -467,25 +468,224 @@ bool ParseChoices(Endpoint endpoint, const Fields& f, ParsedRequest* out) {
   return true;
 }
 
-// Options this server does not implement: refusing them beats silently ignoring them.
-bool RejectUnsupported(const Fields& f) {
-  // Tools are rendered into the prompt by the model's template (ParseMessages); forcing a call needs
-  // grammar-constrained decoding, which tool_choice does not have yet.
-  if (const json* tc = f.Get("tool_choice"); tc && !tc->is_null()) {
-    if (!tc->is_string() || (tc->get<std::string>() != "auto" && tc->get<std::string>() != "none")) {
-      return f.Fail("tool_choice", "only \"auto\" and \"none\" are supported");
+// Structured output (docs/structured_output.md): what constrains the reply, from whichever field
+// names it (at most one):
+//   response_format     OpenAI: {"type": "text" | "json_object" | "json_schema", "json_schema":
+//                       {"name", "schema", "strict", "description"}} or vLLM's {"type":
+//                       "structural_tag", ...};
+//   structured_outputs  vLLM: {"json" | "regex" | "choice" | "grammar" | "json_object" |
+//                       "structural_tag": ...}; also its older top-level guided_json,
+//                       guided_regex, guided_choice, guided_grammar;
+//   json_schema, grammar  llama.cpp's server: a schema object, a GBNF grammar;
+//   tool_choice         "required" or {"type": "function", "function": {"name"}} (vLLM's schemas:
+//                       an array of >= 1 {"name", "parameters"} calls, or the named function's
+//                       arguments), with forced_tool telling the reply parser.
+class ConstraintBuilder {
+ public:
+  ConstraintBuilder(ParsedRequest* out, ApiError* error) : out_(out), error_(error) {}
+
+  // Sets the constraint from `param`; false (400) when another field set one already.
+  bool Set(const std::string& param, v1::OutputConstraint c) {
+    if (!param_.empty()) {
+      *error_ = InvalidRequest(param, param + ": cannot be combined with " + param_ + " (one output constraint per request)");
+      return false;
+    }
+    param_ = param;
+    *out_->grpc.mutable_sampling()->mutable_structured_output() = std::move(c);
+    out_->constraint_param = param;
+    return true;
+  }
+  bool Schema(const std::string& param, const json& schema) {
+    if (!schema.is_object() && !schema.is_boolean()) {
+      *error_ = InvalidRequest(param, param + ": must be a JSON Schema (an object), got " + std::string(schema.type_name()));
+      return false;
+    }
+    v1::OutputConstraint c;
+    c.set_json_schema(schema.dump());
+    return Set(param, std::move(c));
+  }
+  bool Text(const std::string& param, const json& v, void (v1::OutputConstraint::*set)(const std::string&)) {
+    if (!v.is_string()) {
+      *error_ = InvalidRequest(param, param + ": must be a string, got " + std::string(v.type_name()));
+      return false;
+    }
+    v1::OutputConstraint c;
+    (c.*set)(v.get<std::string>());
+    return Set(param, std::move(c));
+  }
+  // One of the given strings, exactly (an EBNF alternation of the strings as literals).
+  bool Choice(const std::string& param, const json& v) {
+    if (!v.is_array() || v.empty()) {
+      *error_ = InvalidRequest(param, param + ": must be a non-empty array of strings");
+      return false;
+    }
+    std::string ebnf = "root ::= ";
+    for (size_t k = 0; k < v.size(); ++k) {
+      if (!v[k].is_string()) {
+        *error_ = InvalidRequest(param, param + ": item " + std::to_string(k) + " must be a string");
+        return false;
+      }
+      if (k > 0) ebnf += " | ";
+      ebnf += json(v[k].get<std::string>()).dump();  // a JSON string literal is an EBNF one
+    }
+    v1::OutputConstraint c;
+    c.set_grammar(ebnf);
+    return Set(param, std::move(c));
+  }
+  bool JsonObject(const std::string& param) {
+    v1::OutputConstraint c;
+    c.set_json_object(true);
+    return Set(param, std::move(c));
+  }
+  bool any() const { return !param_.empty(); }
+  const std::string& param() const { return param_; }
+
+ private:
+  ParsedRequest* out_;
+  ApiError* error_;
+  std::string param_;
+};
+
+bool ParseResponseFormat(const Fields& f, ConstraintBuilder* cb) {
+  const json* rf = f.Get("response_format");
+  if (!rf) return true;
+  if (!rf->is_object()) return f.Fail("response_format", "must be an object");
+  std::optional<std::string> type;
+  const Fields rff(*rf, "response_format.", f.error());
+  if (!rff.String("type", &type)) return false;
+  const std::string t = type.value_or("text");
+  if (t == "text") return true;
+  if (t == "json_object") return cb->JsonObject("response_format");
+  if (t == "json_schema") {
+    const json* js = rff.Get("json_schema");
+    if (!js || !js->is_object()) return rff.Fail("json_schema", "required: {name, schema, strict}");
+    const Fields jf(*js, "response_format.json_schema.", f.error());
+    std::optional<std::string> name, description;
+    std::optional<bool> strict;
+    if (!jf.String("name", &name) || !jf.String("description", &description) || !jf.Bool("strict", &strict)) return false;
+    if (!name || name->empty()) return jf.Fail("name", "required");
+    const json* schema = jf.Get("schema");
+    if (!schema) return cb->JsonObject("response_format");  // no schema: any JSON object (OpenAI)
+    return cb->Schema("response_format", *schema);
+  }
+  if (t == "structural_tag") {  // vLLM: the object itself is the structural tag
+    v1::OutputConstraint c;
+    c.set_structural_tag(rf->dump());
+    return cb->Set("response_format", std::move(c));
+  }
+  return rff.Fail("type", "must be \"text\", \"json_object\", \"json_schema\" or \"structural_tag\", got \"" + t + "\"");
+}
+
+bool ParseStructuredOutputs(const Fields& f, ConstraintBuilder* cb) {
+  if (const json* so = f.Get("structured_outputs")) {
+    if (!so->is_object()) return f.Fail("structured_outputs", "must be an object");
+    for (auto it = so->begin(); it != so->end(); ++it) {
+      const std::string& key = it.key();
+      const json& v = *it;
+      if (v.is_null()) continue;
+      const std::string param = "structured_outputs." + key;
+      bool ok;
+      if (key == "json") {
+        ok = v.is_string() ? cb->Text(param, v, &v1::OutputConstraint::set_json_schema) : cb->Schema(param, v);
+      } else if (key == "regex") {
+        ok = cb->Text(param, v, &v1::OutputConstraint::set_regex);
+      } else if (key == "choice") {
+        ok = cb->Choice(param, v);
+      } else if (key == "grammar") {
+        ok = cb->Text(param, v, &v1::OutputConstraint::set_grammar);
+      } else if (key == "structural_tag") {
+        ok = cb->Text(param, v, &v1::OutputConstraint::set_structural_tag);
+      } else if (key == "json_object") {
+        if (!v.is_boolean()) return f.Fail("structured_outputs", key + ": must be a boolean");
+        ok = !v.get<bool>() || cb->JsonObject(param);
+      } else {
+        return f.Fail("structured_outputs", key + ": not supported (json, regex, choice, grammar, json_object, "
+                                                  "structural_tag are)");
+      }
+      if (!ok) return false;
     }
   }
-  std::optional<bool> parallel;
-  if (!f.Bool("parallel_tool_calls", &parallel)) return false;
-  if (const json* rf = f.Get("response_format")) {
-    if (!rf->is_object()) return f.Fail("response_format", "must be an object");
-    std::optional<std::string> type;
-    const Fields rff(*rf, "response_format.", f.error());
-    if (!rff.String("type", &type)) return false;
-    if (type.value_or("text") != "text") return rff.Fail("type", "only \"text\" is supported");
+  // vLLM's older names, and llama.cpp server's.
+  struct Legacy {
+    const char* key;
+    enum { kSchema, kRegex, kChoice, kGrammar } kind;
+  };
+  static const Legacy kLegacy[] = {{"guided_json", Legacy::kSchema}, {"guided_regex", Legacy::kRegex},
+                                   {"guided_choice", Legacy::kChoice}, {"guided_grammar", Legacy::kGrammar},
+                                   {"json_schema", Legacy::kSchema},  {"grammar", Legacy::kGrammar}};
+  for (const Legacy& l : kLegacy) {
+    const json* v = f.Get(l.key);
+    if (!v) continue;
+    bool ok = false;
+    switch (l.kind) {
+      case Legacy::kSchema:
+        ok = v->is_string() ? cb->Text(l.key, *v, &v1::OutputConstraint::set_json_schema) : cb->Schema(l.key, *v);
+        break;
+      case Legacy::kRegex: ok = cb->Text(l.key, *v, &v1::OutputConstraint::set_regex); break;
+      case Legacy::kChoice: ok = cb->Choice(l.key, *v); break;
+      case Legacy::kGrammar: ok = cb->Text(l.key, *v, &v1::OutputConstraint::set_grammar); break;
+    }
+    if (!ok) return false;
   }
   return true;
+}
+
+// tool_choice: "none" and "auto" leave the reply free (parsed for calls in the template's format);
+// "required" and a named function constrain it (ConstraintBuilder's comment).
+bool ParseToolChoice(const Fields& f, ConstraintBuilder* cb, ParsedRequest* out) {
+  std::optional<bool> parallel;
+  if (!f.Bool("parallel_tool_calls", &parallel)) return false;
+  const json* tc = f.Get("tool_choice");
+  if (!tc || (tc->is_string() && (*tc == "auto" || *tc == "none"))) return true;
+  const json* tools = f.Get("tools");
+  const bool have_tools = tools && tools->is_array() && !tools->empty();
+  auto parameters = [](const json& tool) {
+    const json& fn = tool.at("function");
+    auto p = fn.find("parameters");
+    return p == fn.end() || p->is_null() ? json{{"type", "object"}} : *p;
+  };
+  if (tc->is_string() && *tc == "required") {
+    if (!have_tools) return f.Fail("tool_choice", "\"required\" needs tools");
+    json any_of = json::array();
+    for (const json& t : *tools) {
+      json props = json::object();
+      props["name"] = {{"type", "string"}, {"enum", json::array({t.at("function").at("name")})}};
+      props["parameters"] = parameters(t);
+      any_of.push_back({{"properties", props}, {"required", json::array({"name", "parameters"})}});
+    }
+    json schema = {{"type", "array"}, {"minItems", 1}, {"items", {{"type", "object"}, {"anyOf", any_of}}}};
+    if (parallel && !*parallel) schema["maxItems"] = 1;
+    if (!cb->Schema("tool_choice", schema)) return false;
+    out->forced_tool = ToolCallFormat::kRequired;
+    return true;
+  }
+  if (tc->is_object()) {
+    const Fields tf(*tc, "tool_choice.", f.error());
+    std::optional<std::string> type;
+    if (!tf.String("type", &type)) return false;
+    if (type.value_or("function") != "function") return tf.Fail("type", "must be \"function\"");
+    const json* fn = tf.Get("function");
+    std::optional<std::string> name;
+    if (fn && fn->is_object() && !Fields(*fn, "tool_choice.function.", f.error()).String("name", &name)) return false;
+    if (!name || name->empty()) return tf.Fail("function", "required: {\"name\": \"<a tool's name>\"}");
+    if (!have_tools) return f.Fail("tool_choice", "names function \"" + *name + "\" but the request has no tools");
+    for (const json& t : *tools) {
+      if (t.at("function").at("name") != *name) continue;
+      if (!cb->Schema("tool_choice", parameters(t))) return false;
+      out->forced_tool = ToolCallFormat::kNamed;
+      out->forced_function = *name;
+      return true;
+    }
+    return f.Fail("tool_choice", "names function \"" + *name + "\", which is not in tools");
+  }
+  return f.Fail("tool_choice", "must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": "
+                               "{\"name\": ...}}");
+}
+
+bool ParseConstraint(const Fields& f, ParsedRequest* out, ApiError* error) {
+  ConstraintBuilder cb(out, error);
+  // Completions take no tools, so a forcing tool_choice fails there ("needs tools").
+  return ParseResponseFormat(f, &cb) && ParseStructuredOutputs(f, &cb) && ParseToolChoice(f, &cb, out);
 }
 
 // The body as a JSON object, or false with a 400.
@@ -592,7 +792,7 @@ bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out
   b.reset();
   if (!f.Bool("cache_prompt", &b)) return false;  // llama.cpp's name: false skips the prefix cache
   if (b) out->grpc.set_cache_prompt(*b);
-  if (!RejectUnsupported(f) || !ParseChoices(endpoint, f, out)) return false;
+  if (!ParseChoices(endpoint, f, out)) return false;
 
   if (endpoint == Endpoint::kChatCompletions) {
     if (!ParseMessages(j, out->grpc.mutable_chat(), error)) return false;
@@ -616,7 +816,7 @@ bool ParseRequest(Endpoint endpoint, const std::string& body, ParsedRequest* out
     if (!f.Bool("add_bos", &b)) return false;
     if (b) out->grpc.set_add_bos(*b);
   }
-  if (!ParseSampling(endpoint, f, out, error)) return false;
+  if (!ParseSampling(endpoint, f, out, error) || !ParseConstraint(f, out, error)) return false;
   // echo with logprobs: the prompt's tokens come first in the logprobs (the server computes them).
   if (out->echo && out->logprobs) out->grpc.set_prompt_logprobs(out->top_logprobs);
   // best_of ranks candidates by their summed logprobs: the server must return them.

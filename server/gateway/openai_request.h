@@ -16,6 +16,7 @@
 
 #include "asl/v1/generation.pb.h"
 #include "server/gateway/errors.h"
+#include "server/gateway/tool_calls.h"
 
 namespace asl::gateway {
 
@@ -40,6 +41,12 @@ struct ParsedRequest {
   bool echo = false;           // completions: the prompt's text before the completion
   // Chat with tools and tool_choice other than "none": the replies are parsed for tool calls.
   bool parse_tool_calls = false;
+  // tool_choice "required" (kRequired) or {"type": "function", "function": {"name": ...}} (kNamed,
+  // forced_function the name): the output is constrained to the calls' JSON and parsed as such.
+  ToolCallFormat forced_tool = ToolCallFormat::kNone;
+  std::string forced_function;
+  // The field that set grpc.sampling.structured_output ("response_format", "tool_choice", ...).
+  std::string constraint_param;
 };
 
 // Parses `body`. On failure returns false and fills `error` (HTTP 400 naming the field).

@@ -33,6 +33,9 @@ struct ResponseContext {
   std::string model;
   bool logprobs = false;
   int top_logprobs = 0;
+  // The request field the output constraint came from (response_format, tool_choice, ...): the
+  // server's errors about "sampling.constraint" name it.
+  std::string constraint_param;
 };
 
 // Logprobs of one choice in the endpoint's format: chat {"content": [{token, logprob, bytes,

@@ -62,6 +62,8 @@ const char* ToolCallFormatName(ToolCallFormat format) {
   switch (format) {
     case ToolCallFormat::kHermes: return "hermes";
     case ToolCallFormat::kLlama3Json: return "llama3_json";
+    case ToolCallFormat::kRequired: return "required";
+    case ToolCallFormat::kNamed: return "named";
     case ToolCallFormat::kNone: break;
   }
   return "none";
@@ -76,8 +78,8 @@ ToolCallFormat DetectToolCallFormat(std::string_view source) {
   return ToolCallFormat::kNone;
 }
 
-ToolCallParser::ToolCallParser(ToolCallFormat format, std::string id_prefix)
-    : format_(format), id_prefix_(std::move(id_prefix)) {}
+ToolCallParser::ToolCallParser(ToolCallFormat format, std::string id_prefix, std::string function)
+    : format_(format), id_prefix_(std::move(id_prefix)), function_(std::move(function)) {}
 
 bool ToolCallParser::ParseCalls(std::string_view block, std::vector<ParsedToolCall>* out) {
   block = Trim(block);
@@ -169,6 +171,10 @@ ToolCallParser::Output ToolCallParser::Feed(std::string_view text) {
         if (!json_reply_) out.content = std::move(pending_), pending_.clear();
       }
       break;
+    case ToolCallFormat::kRequired:
+    case ToolCallFormat::kNamed:
+      pending_ += text;  // one JSON value: parsed whole at the end
+      break;
   }
   return out;
 }
@@ -177,6 +183,20 @@ ToolCallParser::Output ToolCallParser::Finish() {
   Output out;
   if (format_ == ToolCallFormat::kHermes) {
     TakeHermes(/*final=*/true, &out);
+  } else if (format_ == ToolCallFormat::kNamed) {
+    // The arguments object; a reply cut short (max_tokens) is not one and stays content.
+    const std::string_view block = Trim(pending_);
+    json args = json::parse(block.begin(), block.end(), nullptr, /*allow_exceptions=*/false);
+    if (!args.is_discarded() && args.is_object()) {
+      out.calls.push_back(ParsedToolCall{id_prefix_ + std::to_string(num_calls_++), function_, args.dump()});
+    } else {
+      out.content = std::move(pending_);
+    }
+    pending_.clear();
+  } else if (format_ == ToolCallFormat::kRequired) {
+    const std::string_view block = Trim(pending_);
+    if (block.empty() || block.front() != '[' || !ParseCalls(block, &out.calls)) out.content = std::move(pending_);
+    pending_.clear();
   } else if (!pending_.empty()) {
     if (!(format_ == ToolCallFormat::kLlama3Json && json_reply_ && ParseCalls(pending_, &out.calls))) {
       out.content = std::move(pending_);

@@ -4,6 +4,10 @@
 //                them is content (Hermes 2/3, Qwen2.5, Qwen3, SmolLM3, ...);
 //   llama3_json  the whole reply is {"name": ..., "parameters": {...}} (or "arguments"), several
 //                separated by ";" (Llama 3.1/3.2/3.3 with JSON tool calling).
+// and two that a request's tool_choice forces (vLLM's semantics; the sampler's grammar guarantees the
+// shape, docs/structured_output.md), whatever the template:
+//   required     the whole reply is a JSON array of {"name": ..., "parameters": {...}}, >= 1 call;
+//   named        the whole reply is the arguments object of the function tool_choice names.
 // Streaming: ToolCallParser takes the text as it arrives and returns what is certainly content
 // (holding back what may open a call) and each call once it is complete. A block that does not
 // parse as a call is returned as content, as vLLM does.
@@ -16,9 +20,9 @@
 
 namespace asl::gateway {
 
-enum class ToolCallFormat { kNone, kHermes, kLlama3Json };
+enum class ToolCallFormat { kNone, kHermes, kLlama3Json, kRequired, kNamed };
 
-// "hermes", "llama3_json", "none"; nullopt otherwise.
+// "hermes", "llama3_json", "none" (the formats a template teaches); nullopt otherwise.
 [[nodiscard]] std::optional<ToolCallFormat> ParseToolCallFormat(std::string_view name);
 [[nodiscard]] const char* ToolCallFormatName(ToolCallFormat format);
 // The format a chat template's Jinja source teaches: hermes when it writes <tool_call>, llama3_json
@@ -33,8 +37,9 @@ struct ParsedToolCall {
 
 class ToolCallParser {
  public:
-  // `id_prefix` + index names the calls ("call_<id>_0", ...).
-  ToolCallParser(ToolCallFormat format, std::string id_prefix);
+  // `id_prefix` + index names the calls ("call_<id>_0", ...). kNamed: `function` is the name the
+  // call gets.
+  ToolCallParser(ToolCallFormat format, std::string id_prefix, std::string function = "");
 
   struct Output {
     std::string content;                // text for the message content
@@ -52,6 +57,7 @@ class ToolCallParser {
 
   ToolCallFormat format_;
   std::string id_prefix_;
+  std::string function_;  // kNamed
   std::string pending_;   // text not yet returned
   bool in_call_ = false;  // hermes: inside <tool_call> ... </tool_call>
   bool decided_ = false;  // llama3_json: whether the reply is a call is known

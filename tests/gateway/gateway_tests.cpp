@@ -185,7 +185,7 @@ TEST(ParseRequest, ErrorsNameTheField) {
 // Issue 18 D1, the general case: every value anywhere in a full request, replaced by a value of
 // every JSON type, is either accepted or refused with a 400 that names a field; parsing never
 // throws (a throw is the gateway's HTTP 500).
-void EveryValueOfEveryType(Endpoint endpoint, const nlohmann::json& body) {
+void EveryValueOfEveryType(Endpoint endpoint, const nlohmann::json& body, int min_cases = 100) {
   const nlohmann::json kinds[] = {nullptr, true, 5, -1, 1.5, "x", nlohmann::json::array(),
                                   nlohmann::json::array({1, "a"}), nlohmann::json::object(),
                                   nlohmann::json::object({{"type", 5}})};
@@ -216,7 +216,93 @@ void EveryValueOfEveryType(Endpoint endpoint, const nlohmann::json& body) {
       cases++;
     }
   }
-  EXPECT_GT(cases, 100);
+  EXPECT_GT(cases, min_cases);
+}
+
+TEST(ParseRequest, StructuredOutputFromEveryFieldThatNamesIt) {
+  const std::string msgs = R"("model": "m", "messages": [{"role": "user", "content": "x"}])";
+  const Endpoint chat = Endpoint::kChatCompletions;
+  auto constraint = [&](const std::string& fields, Endpoint e = Endpoint::kChatCompletions) {
+    const std::string body = e == chat ? "{" + msgs + ", " + fields + "}" : R"({"model": "m", "prompt": "x", )" + fields + "}";
+    const ParsedRequest r = ParseOk(e, body);
+    EXPECT_TRUE(r.grpc.sampling().has_structured_output()) << fields;
+    return std::make_pair(r.grpc.sampling().structured_output(), r.constraint_param);
+  };
+  auto [c, param] = constraint(R"("response_format": {"type": "json_object"})");
+  EXPECT_TRUE(c.json_object());
+  EXPECT_EQ(param, "response_format");
+  std::tie(c, param) = constraint(
+      R"("response_format": {"type": "json_schema", "json_schema": {"name": "n", "strict": true, "schema": {"type": "integer"}}})");
+  EXPECT_EQ(c.json_schema(), R"({"type":"integer"})");
+  std::tie(c, param) = constraint(R"("response_format": {"type": "json_schema", "json_schema": {"name": "n"}})");
+  EXPECT_TRUE(c.json_object());  // no schema: any object
+  std::tie(c, param) = constraint(R"("structured_outputs": {"regex": "[0-9]+"})", Endpoint::kCompletions);
+  EXPECT_EQ(c.regex(), "[0-9]+");
+  EXPECT_EQ(param, "structured_outputs.regex");
+  std::tie(c, param) = constraint(R"("structured_outputs": {"choice": ["yes", "no \"way\""]})");
+  EXPECT_EQ(c.grammar(), R"(root ::= "yes" | "no \"way\"")");
+  std::tie(c, param) = constraint(R"("structured_outputs": {"json": {"type": "boolean"}})");
+  EXPECT_EQ(c.json_schema(), R"({"type":"boolean"})");
+  std::tie(c, param) = constraint(R"("guided_json": "{\"type\": \"null\"}")");
+  EXPECT_EQ(c.json_schema(), R"({"type": "null"})");
+  std::tie(c, param) = constraint(R"("guided_grammar": "root ::= \"a\"")", Endpoint::kCompletions);
+  EXPECT_EQ(c.grammar(), R"(root ::= "a")");
+  std::tie(c, param) = constraint(R"("grammar": "root ::= [a-z]+")");  // llama.cpp's server
+  EXPECT_EQ(param, "grammar");
+  std::tie(c, param) = constraint(R"("json_schema": {"type": "string"})");
+  EXPECT_EQ(c.json_schema(), R"({"type":"string"})");
+
+  // Forced tool calls: vLLM's schemas, and the reply parser told.
+  const std::string tools =
+      R"("tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}},
+                   {"type": "function", "function": {"name": "g"}}])";
+  ParsedRequest r = ParseOk(chat, "{" + msgs + ", " + tools + R"(, "tool_choice": "required", "parallel_tool_calls": false})");
+  EXPECT_EQ(r.forced_tool, ToolCallFormat::kRequired);
+  EXPECT_EQ(r.constraint_param, "tool_choice");
+  EXPECT_EQ(nlohmann::json::parse(r.grpc.sampling().structured_output().json_schema()), nlohmann::json::parse(R"({
+    "type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "object", "anyOf": [
+      {"properties": {"name": {"type": "string", "enum": ["f"]},
+                      "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}},
+       "required": ["name", "parameters"]},
+      {"properties": {"name": {"type": "string", "enum": ["g"]}, "parameters": {"type": "object"}},
+       "required": ["name", "parameters"]}]}})"));
+  r = ParseOk(chat, "{" + msgs + ", " + tools + R"(, "tool_choice": {"type": "function", "function": {"name": "f"}}})");
+  EXPECT_EQ(r.forced_tool, ToolCallFormat::kNamed);
+  EXPECT_EQ(r.forced_function, "f");
+  EXPECT_EQ(r.grpc.sampling().structured_output().json_schema(),
+            R"({"type":"object","properties":{"a":{"type":"integer"}}})");
+  EXPECT_TRUE(r.parse_tool_calls);
+  r = ParseOk(chat, "{" + msgs + ", " + tools + R"(, "tool_choice": "auto", "response_format": {"type": "text"}})");
+  EXPECT_FALSE(r.grpc.sampling().has_structured_output());
+  EXPECT_EQ(r.forced_tool, ToolCallFormat::kNone);
+
+  // Errors name the field.
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + R"(, "response_format": {"type": "yaml"}})").param, "response_format.type");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + R"(, "response_format": {"type": "json_schema"}})").param,
+            "response_format.json_schema");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + R"(, "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}})")
+                .param,
+            "response_format.json_schema.name");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + R"(, "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": 3}}})")
+                .param,
+            "response_format");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + R"(, "structured_outputs": {"yaml": "x"}})").param, "structured_outputs");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + R"(, "structured_outputs": {"choice": []}})").param, "structured_outputs.choice");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + R"(, "structured_outputs": {"regex": 5}})").param, "structured_outputs.regex");
+  // Two constraints: the second field is refused.
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + R"(, "response_format": {"type": "json_object"}, "guided_regex": "a"})").param,
+            "guided_regex");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + ", " + tools + R"(, "response_format": {"type": "json_object"}, "tool_choice": "required"})")
+                .param,
+            "tool_choice");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + ", " + tools + R"(, "tool_choice": {"type": "function", "function": {"name": "h"}}})")
+                .param,
+            "tool_choice");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + ", " + tools + R"(, "tool_choice": {"type": "function"}})").param,
+            "tool_choice.function");
+  EXPECT_EQ(ParseFails(chat, "{" + msgs + ", " + tools + R"(, "tool_choice": "sometimes"})").param, "tool_choice");
+  EXPECT_EQ(ParseFails(Endpoint::kCompletions, R"({"model": "m", "prompt": "x", "tool_choice": "required"})").param,
+            "tool_choice");
 }
 
 TEST(ParseRequest, NoValueOfAnyTypeAnywhereThrows) {
@@ -229,6 +315,15 @@ TEST(ParseRequest, NoValueOfAnyTypeAnywhereThrows) {
     "stream_options": {"include_usage": true}, "user": "u", "n": 1, "add_generation_prompt": true,
     "response_format": {"type": "text"}, "tools": [], "logit_bias": {"5": 1.5},
     "pruning": {"policy": "asl", "tau": 0.25, "kv_budget": 256, "select_k": 256, "detailed_report": true}})"));
+  EveryValueOfEveryType(Endpoint::kChatCompletions, nlohmann::json::parse(R"({
+    "model": "m", "messages": [{"role": "user", "content": "a"}], "parallel_tool_calls": false,
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "tool_choice": {"type": "function", "function": {"name": "f"}}})"), 50);
+  EveryValueOfEveryType(Endpoint::kChatCompletions, nlohmann::json::parse(R"({
+    "model": "m", "messages": [{"role": "user", "content": "a"}],
+    "response_format": {"type": "json_schema", "json_schema": {"name": "n", "strict": true, "schema": {"type": "object"}}}})"), 50);
+  EveryValueOfEveryType(Endpoint::kCompletions, nlohmann::json::parse(R"({
+    "model": "m", "prompt": "a", "structured_outputs": {"choice": ["a", "b"], "json_object": false}})"), 50);
   EveryValueOfEveryType(Endpoint::kCompletions, nlohmann::json::parse(R"({
     "model": "m", "prompt": [[1, 2, 3]], "max_tokens": 5, "logprobs": 2, "echo": false, "best_of": 1,
     "suffix": "", "add_bos": true, "stop": "X", "pruning": {"policy": "snapkv", "window": 8}})"));
@@ -488,8 +583,9 @@ namespace asl::gateway {
 namespace {
 
 // Feeds `text` in pieces of `step` bytes, then finishes; returns (content, calls).
-std::pair<std::string, std::vector<ParsedToolCall>> ParseInPieces(ToolCallFormat f, const std::string& text, size_t step) {
-  ToolCallParser p(f, "call_x_");
+std::pair<std::string, std::vector<ParsedToolCall>> ParseInPieces(ToolCallFormat f, const std::string& text, size_t step,
+                                                                   const std::string& function = "") {
+  ToolCallParser p(f, "call_x_", function);
   std::string content;
   std::vector<ParsedToolCall> calls;
   auto take = [&](ToolCallParser::Output o) {
@@ -544,6 +640,30 @@ TEST(ToolCalls, Llama3JsonRepliesAndPlainText) {
   EXPECT_TRUE(calls.empty());
   std::tie(content, calls) = ParseInPieces(ToolCallFormat::kLlama3Json, "{\"not\": \"a call\"}", 2);
   EXPECT_EQ(content, "{\"not\": \"a call\"}");
+}
+
+TEST(ToolCalls, ForcedRepliesAreTheCallsJson) {
+  // tool_choice "required": an array of {name, parameters}.
+  auto [content, calls] = ParseInPieces(
+      ToolCallFormat::kRequired, R"([{"name": "a", "parameters": {"x": 1}}, {"name": "b", "parameters": {}}])", 3);
+  EXPECT_EQ(content, "");
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0].name, "a");
+  EXPECT_EQ(calls[0].arguments, R"({"x":1})");
+  EXPECT_EQ(calls[1].id, "call_x_1");
+  // Cut off by max_tokens: not a call, the text is the content.
+  std::tie(content, calls) = ParseInPieces(ToolCallFormat::kRequired, R"([{"name": "a", "param)", 4);
+  EXPECT_EQ(content, R"([{"name": "a", "param)");
+  EXPECT_TRUE(calls.empty());
+  // A named function: the reply is its arguments.
+  std::tie(content, calls) = ParseInPieces(ToolCallFormat::kNamed, R"({"city": "Rome"})", 2, "get_weather");
+  EXPECT_EQ(content, "");
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].name, "get_weather");
+  EXPECT_EQ(calls[0].arguments, R"({"city":"Rome"})");
+  std::tie(content, calls) = ParseInPieces(ToolCallFormat::kNamed, R"({"city": )", 2, "get_weather");
+  EXPECT_EQ(content, R"({"city": )");
+  EXPECT_TRUE(calls.empty());
 }
 
 TEST(ToolCalls, FormatFromTheTemplate) {

@@ -740,10 +740,56 @@ def test_tool_calls_parsed_from_the_reply(qwen_stack):
     r = client.chat.completions.create(model="m", messages=_few_shot_tool_history(), tools=[WEATHER_TOOL],
                                        tool_choice="none", temperature=0, max_tokens=60)
     assert r.choices[0].message.tool_calls is None and "<tool_call>" in r.choices[0].message.content
-    # Forcing a call needs grammar-constrained decoding.
+
+
+TIME_TOOL = {"type": "function", "function": {
+    "name": "get_time", "description": "Current time in a time zone",
+    "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40},
+                                                    "hour24": {"type": "boolean"}},
+                   "required": ["zone", "hour24"]}}}
+
+
+def _check_calls(calls, tools):
+    """Each call names one of the tools and its arguments validate against that tool's schema."""
+    import jsonschema
+    by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    for c in calls:
+        assert c.type == "function" and c.id.startswith("call_") and c.function.name in by_name, c
+        jsonschema.validate(json.loads(c.function.arguments), by_name[c.function.name])
+
+
+def test_tool_choice_forces_valid_calls(qwen_stack):
+    """tool_choice "required" and a named function constrain the reply to the calls' JSON (vLLM's
+    schemas), even where the model would answer in text; the arguments validate."""
+    client = openai.OpenAI(base_url=qwen_stack.base_url + "/v1", api_key="unused")
+    tools = [WEATHER_TOOL, TIME_TOOL]
+    questions = ["Tell me a joke.", "What time is it in Tokyo?", "Is it raining in Oslo?", "Hello!"]
+    for seed, q in enumerate(questions):
+        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": q}], tools=tools,
+                                           tool_choice="required", temperature=0.7, seed=seed, max_tokens=200)
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None, choice
+        assert len(choice.message.tool_calls) >= 1
+        _check_calls(choice.message.tool_calls, tools)
+        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": q}], tools=tools,
+                                           tool_choice={"type": "function", "function": {"name": "get_time"}},
+                                           temperature=0.7, seed=seed, max_tokens=200)
+        [call] = r.choices[0].message.tool_calls
+        assert call.function.name == "get_time"
+        _check_calls([call], tools)
+    # parallel_tool_calls false: exactly one call. Streamed: the call as one delta.
+    deltas, finish = [], None
+    for ch in client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], tools=tools,
+                                             tool_choice="required", parallel_tool_calls=False, temperature=0,
+                                             max_tokens=200, stream=True):
+        if ch.choices:
+            deltas += ch.choices[0].delta.tool_calls or []
+            finish = ch.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and len(deltas) == 1 and deltas[0].function.name in ("get_weather", "get_time")
+    # A function that is not among the tools.
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="m", messages=_few_shot_tool_history(), tools=[WEATHER_TOOL],
-                                       tool_choice="required", max_tokens=5)
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], tools=tools,
+                                       tool_choice={"type": "function", "function": {"name": "nope"}}, max_tokens=5)
     assert e.value.body["param"] == "tool_choice"
 
 

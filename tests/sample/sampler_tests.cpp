@@ -87,7 +87,7 @@ TEST(Seeded, ReproducibleAndIndependentOfBatch) {
     std::vector<TokenId> out;
     for (int t = 0; t < kSteps; ++t) {
       const TokenId tok = SampleOne(s, Row(step_logits(0, t)));
-      s.Observe(tok);
+      EXPECT_TRUE(s.Observe(tok));
       out.push_back(tok);
     }
     return out;
@@ -111,7 +111,7 @@ TEST(Seeded, ReproducibleAndIndependentOfBatch) {
     std::vector<at::Tensor> rows;
     for (int r = 0; r < 8; ++r) rows.push_back(at::tensor(step_logits(r == kTargetRow ? 0 : r + 1, t), at::kFloat));
     std::vector<SampleResult> res = Sample(at::stack(rows), states);
-    for (int r = 0; r < 8; ++r) states[r]->Observe(res[r].token_id);
+    for (int r = 0; r < 8; ++r) EXPECT_TRUE(states[r]->Observe(res[r].token_id));
     batched.push_back(res[kTargetRow].token_id);
   }
   EXPECT_EQ(batched, alone);
@@ -270,7 +270,7 @@ TEST(Penalties, HandComputedLogits) {
     p.frequency_penalty = freq;
     p.presence_penalty = pres;
     SamplerState s(p, /*prompt=*/{0, 1, 1});
-    for (TokenId t : {3, 3, 2}) s.Observe(t);
+    for (TokenId t : {3, 3, 2}) EXPECT_TRUE(s.Observe(t));
     std::vector<float> x = logits;
     s.ApplyPenalties(x.data(), static_cast<int64_t>(x.size()));
     return x;
@@ -291,8 +291,8 @@ TEST(Penalties, ChangeTheGreedyChoiceAndIgnoreOutOfVocabIds) {
   SamplerState s(p, {});
   const at::Tensor logits = Row({3.0f, 2.9f});
   EXPECT_EQ(SampleOne(s, logits), 0);
-  s.Observe(0);
-  s.Observe(57);  // outside this vocabulary: ignored, no out-of-bounds write
+  EXPECT_TRUE(s.Observe(0));
+  EXPECT_TRUE(s.Observe(57));  // outside this vocabulary: ignored, no out-of-bounds write
   EXPECT_EQ(SampleOne(s, logits), 1);
 }
 
@@ -301,7 +301,7 @@ TEST(LogitBias, AddedAfterThePenaltiesBansAndForcesTokens) {
   p.presence_penalty = 0.5;
   p.logit_bias = {{0, -100.f}, {2, 1.5f}};
   SamplerState s(p, {});
-  s.Observe(2);
+  EXPECT_TRUE(s.Observe(2));
   std::vector<float> x{2.0f, -1.0f, 0.5f};
   s.ApplyPenalties(x.data(), 3);
   EXPECT_EQ(x, (std::vector<float>{-98.0f, -1.0f, 1.5f}));  // 0.5 - 0.5 (presence) + 1.5 (bias)

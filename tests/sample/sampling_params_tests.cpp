@@ -67,6 +67,13 @@ TEST(ValidateSamplingParams, EachFieldIsNamed) {
   ExpectRejected([](auto& p) { p.stop = {std::string(257, 'a')}; },
                  "sampling.stop[0]: must be at most 256 bytes, got 257");
   ExpectRejected([](auto& p) { p.stop = {"ok", "\xE7\xB5"}; }, "sampling.stop[1]: must be valid UTF-8");
+  ExpectRejected([](auto& p) { p.constraint = {ConstraintKind::kRegex, ""}; },
+                 "sampling.constraint: a regex constraint needs a non-empty spec");
+  ExpectRejected([](auto& p) { p.constraint = {ConstraintKind::kJsonSchema, std::string((1 << 20) + 1, ' ')}; },
+                 "sampling.constraint: the spec must be at most 1048576 bytes, got 1048577");
+  ExpectRejected([](auto& p) { p.constraint = {ConstraintKind::kGrammar, "root ::= \"\xE7\xB5\""}; },
+                 "sampling.constraint: the spec must be valid UTF-8");
+  ExpectAccepted([](auto& p) { p.constraint = {ConstraintKind::kJsonObject, ""}; });
 }
 
 TEST(ValidateSamplingParams, BoundariesAreAccepted) {
