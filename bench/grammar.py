@@ -11,6 +11,8 @@ each repeat (free, regex, json, then the reverse order), and the table shows med
 
   decode tok/s   all streams' tokens / wall time from the first request sent to the last token;
   TPOT           per stream, (last token - first token) / (tokens - 1), median over streams;
+  mixed          (streams > 1) half the streams json, half free: the TPOT shown is the free
+                 streams', against all-free (what a grammar beside them costs requests without one);
   compile        TTFT of a request with a schema never seen (a fresh "description" defeats the
                  caches) minus TTFT of the same request repeated (cached), medians of --compiles.
 
@@ -75,14 +77,19 @@ def stream(base, body):
 
 
 def run_mode(base, model, mode, streams, tokens, seed):
-    body = dict(model=model, prompt=PROMPT, max_tokens=tokens, temperature=0.8, seed=seed, ignore_eos=True,
-                n_predict=tokens, cache_prompt=False, **MODES[mode])
+    """mode "mixed": even streams json, odd streams free; its TPOT is the free streams' (what
+    constrained batch-mates cost requests without a grammar)."""
+    def body(i):
+        m = mode if mode != "mixed" else ("json" if i % 2 == 0 else "free")
+        return dict(model=model, prompt=PROMPT, max_tokens=tokens, temperature=0.8, seed=seed + i, ignore_eos=True,
+                    n_predict=tokens, cache_prompt=False, **MODES[m])
     with cf.ThreadPoolExecutor(streams) as ex:
-        results = list(ex.map(lambda i: stream(base, dict(body, seed=seed + i)), range(streams)))
+        results = list(ex.map(lambda i: stream(base, body(i)), range(streams)))
     start = min(r[0] for r in results)
     end = max(r[1][-1] for r in results if r[1])
     n = sum(len(r[1]) for r in results)
-    tpot = statistics.median((r[1][-1] - r[1][0]) / (len(r[1]) - 1) for r in results if len(r[1]) > 1)
+    timed = [r for i, r in enumerate(results) if mode != "mixed" or i % 2 == 1]
+    tpot = statistics.median((r[1][-1] - r[1][0]) / (len(r[1]) - 1) for r in timed if len(r[1]) > 1)
     return n / (end - start), tpot, n / streams
 
 
@@ -101,9 +108,10 @@ def compile_cost(base, model, repeats):
 
 def bench_server(label, base, model, args, rows):
     for streams in args.streams:
-        per_mode = {m: [] for m in MODES}
+        modes = list(MODES) + (["mixed"] if streams > 1 else [])
+        per_mode = {m: [] for m in modes}
         for rep in range(args.repeats):
-            order = list(MODES) if rep % 2 == 0 else list(reversed(MODES))
+            order = modes if rep % 2 == 0 else list(reversed(modes))
             for mode in order:
                 per_mode[mode].append(run_mode(base, model, mode, streams, args.tokens, seed=100 * rep))
         free_tps = statistics.median(r[0] for r in per_mode["free"])

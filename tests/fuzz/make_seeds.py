@@ -123,6 +123,11 @@ def openai_seeds():
     put("openai_request", "chat_parts.json", json.dumps({"model": "m", "messages": [
         {"role": "user", "content": [{"type": "text", "text": "a"}]}], "response_format": {"type": "text"},
         "stream": True, "stream_options": {"include_usage": True}, "logprobs": True, "top_logprobs": 2}))
+    put("openai_request", "structured.json", json.dumps({"model": "m", "messages": [{"role": "user", "content": "a"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "required", "parallel_tool_calls": False,
+        "structured_outputs": {"choice": ["a", "b"]}, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "n", "schema": {"type": "object", "properties": {"x": {"type": "integer"}}}}}}))
 
 
 def request_convert_seeds():
@@ -131,6 +136,7 @@ def request_convert_seeds():
                   'pruning { policy: "asl" tau: 0.3 kv_budget: 32 select_k: 16 }',
         "chat": 'chat { messages { role: "system" content: "S" } messages { role: "user" content: "hi" } } '
                 'add_generation_prompt: true sampling { top_k: 3 top_p: 0.9 min_p: 0.05 seed: 7 logprobs: 2 }',
+        "structured": 'prompt: "x" sampling { structured_output { json_schema: "{\\"type\\": \\"integer\\"}" } }',
         "token_ids": 'token_ids { ids: 1 ids: 2 ids: 260 } sampling { stop_token_ids: 2 ignore_eos: true '
                      'repetition_penalty: 1.1 presence_penalty: 0.2 frequency_penalty: 0.1 } '
                      'pruning { policy: "snapkv" window: 4 kernel: 3 pooling: "max" kv_budget: 8 }',

@@ -1,0 +1,2 @@
+x:z
+{"type": "integer"}
