@@ -21,25 +21,14 @@ each repeat (free, regex, json, then the reverse order), and the table shows med
 """
 import argparse
 import concurrent.futures as cf
-import datetime
 import json
-import os
-import platform
-import shlex
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "gateway"))
-os.environ.setdefault("ASL_BIN_DIR", str(ROOT / "build" / "bin"))
-os.environ.setdefault("ASL_DEFAULT_MODEL", str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-import conftest  # noqa: E402  (the gateway suite's stack launcher)
+from bench_common import LLAMA_SERVER, conftest, llama_server, results_header
 
-MODEL = os.environ["ASL_DEFAULT_MODEL"]
 PROMPT = "Here is a long story about a lighthouse keeper and the sea:"
 # Neither can complete within --tokens tokens (1500 characters; a JSON string of >= 1500).
 MODES = {
@@ -128,17 +117,6 @@ def bench_server(label, base, model, args, rows):
     print(rows[-1], flush=True)
 
 
-def wait_health(url):
-    for _ in range(1200):
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            time.sleep(0.25)
-    raise RuntimeError(f"{url} never became healthy")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 16])
@@ -146,7 +124,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compiles", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--llama-server", default=str(ROOT / "bench" / "out" / "llama.cpp" / "build" / "bin" / "llama-server"))
+    ap.add_argument("--llama-server", default=LLAMA_SERVER)
     ap.add_argument("--no-llama", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -159,20 +137,9 @@ def main():
         bench_server("asl-serve (xgrammar)", stack.base_url, model, args, rows)
     llama_version = "(not run)"
     if not args.no_llama:
-        port = conftest.free_port()
         slots = max(args.streams)
-        cmd = [args.llama_server, "-m", MODEL, "-t", str(args.threads), "-tb", str(args.threads), "--host", "127.0.0.1",
-               "--port", str(port), "--parallel", str(slots), "-c", str(slots * 1024), "--no-webui"]
-        log = open(logs / "llama-server.log", "w")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_health(f"http://127.0.0.1:{port}/health")
-            v = subprocess.run([args.llama_server, "--version"], capture_output=True, text=True)
-            llama_version = " ".join((v.stdout + v.stderr).split())[:120]
-            bench_server("llama-server (GBNF)", f"http://127.0.0.1:{port}", "default", args, rows)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        with llama_server(args.llama_server, args.threads, slots, slots * 1024, logs) as (base, llama_version):
+            bench_server("llama-server (GBNF)", base, "default", args, rows)
     lines = ["| server | streams | mode | tokens/stream | decode tok/s | vs free | TPOT p50 (ms) | TPOT - free (ms) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -186,14 +153,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.out:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        head = (f"Date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {sha}, "
-                f"{platform.machine()}, {os.cpu_count()} vCPU (shared), threads {args.threads}, default model "
-                f"(SmolLM2-135M-Instruct Q4_1), {args.tokens} tokens per stream, medians of {args.repeats} repeats; "
-                f"llama-server {llama_version}.\n\n"
-                f"Command: `.venv/bin/python bench/grammar.py {shlex.join(sys.argv[1:])}`\n\n")
-        Path(args.out).write_text(head + table + "\n")
-
+        what = (f"threads {args.threads}, default model (SmolLM2-135M-Instruct Q4_1), {args.tokens} tokens per stream, "
+                f"medians of {args.repeats} repeats; llama-server {llama_version}")
+        Path(args.out).write_text(results_header("grammar.py", what) + table + "\n")
 
 if __name__ == "__main__":
     main()

@@ -17,24 +17,12 @@ The target of issue 15: TTFT on a hit <= 0.15x a miss for full and snapkv at a 2
   .venv/bin/python bench/prefix_cache.py --out bench/results/prefix_cache.md
 """
 import argparse
-import datetime
-import os
-import platform
-import shlex
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "gateway"))
-os.environ.setdefault("ASL_BIN_DIR", str(ROOT / "build" / "bin"))
-os.environ.setdefault("ASL_DEFAULT_MODEL", str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-import conftest  # noqa: E402  (the gateway suite's stack launcher)
-import openai  # noqa: E402
+import openai
 
-MODEL = os.environ["ASL_DEFAULT_MODEL"]
+from bench_common import LLAMA_SERVER, conftest, llama_server, results_header
 
 
 def pct(values, q):
@@ -110,7 +98,7 @@ def main():
     ap.add_argument("--questions", type=int, default=8)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--llama-server", default=str(ROOT / "bench" / "out" / "llama.cpp" / "build" / "bin" / "llama-server"))
+    ap.add_argument("--llama-server", default=LLAMA_SERVER)
     ap.add_argument("--no-llama", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -125,26 +113,9 @@ def main():
             run_workloads(client, model, {"pruning": {"policy": policy}}, args, f"asl-serve {policy}", rows)
     llama_version = "(not run)"
     if not args.no_llama:
-        port = conftest.free_port()
-        cmd = [args.llama_server, "-m", MODEL, "-t", str(args.threads), "-tb", str(args.threads), "--host", "127.0.0.1",
-               "--port", str(port), "--parallel", "1", "-c", "8192", "--no-webui"]
-        log = open(logs / "llama-server.log", "w")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            for _ in range(600):
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except Exception:
-                    time.sleep(0.2)
-            v = subprocess.run([args.llama_server, "--version"], capture_output=True, text=True)
-            llama_version = " ".join((v.stdout + v.stderr).split())[:120]
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
+        with llama_server(args.llama_server, args.threads, 1, 8192, logs) as (base, llama_version):
+            client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
             run_workloads(client, "default", {}, args, "llama-server (cache_prompt)", rows)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     lines = ["| server | workload | hit requests | cached tokens (p50) | TTFT hit p50 / p99 (s) | TTFT miss p50 / p99 (s) "
              "| hit / miss (p50) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -154,13 +125,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.out:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        head = (f"Date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {sha}, "
-                f"{platform.machine()}, {os.cpu_count()} vCPU (shared), threads {args.threads}, default model "
-                f"(SmolLM2-135M-Instruct Q4_1), asl-serve float16 KV; llama-server {llama_version}.\n\n"
-                f"Command: `.venv/bin/python bench/prefix_cache.py {shlex.join(sys.argv[1:])}`\n\n")
-        Path(args.out).write_text(head + table + "\n")
-
+        what = (f"threads {args.threads}, default model (SmolLM2-135M-Instruct Q4_1), asl-serve float16 KV; "
+                f"llama-server {llama_version}")
+        Path(args.out).write_text(results_header("prefix_cache.py", what) + table + "\n")
 
 if __name__ == "__main__":
     main()
