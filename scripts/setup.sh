@@ -31,7 +31,7 @@ APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libfmt-dev prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libcpp-httplib-dev nlohmann-json3-dev libpcre2-dev libcli11-dev zlib1g-dev
-  patchelf libssl-dev openssl
+  patch patchelf libssl-dev openssl
   clang-14 libclang-rt-14-dev llvm-14
 )
 
@@ -118,11 +118,15 @@ fi
 # llama.cpp's Jinja engine (common/jinja + common/json + common/unicode + vendor/nlohmann) and the
 # real model templates (models/templates), from the llama.cpp the llama-cpp-python sdist vendors
 # (the same version bench/llamacpp.sh builds). Only these parts are kept; cmake/llama_jinja.cmake
-# compiles them. The stamp names the version, so a changed pin refetches.
+# compiles them. One patch of ours is applied (cmake/llama_jinja/float-to-int.patch: double -> int64
+# conversions saturate instead of being undefined for out-of-range numbers in request JSON). The
+# stamp names the version and the patch, so a changed pin or patch refetches.
 LLAMA_CPP_PYTHON_VERSION=0.3.36
+LLAMA_PATCH=cmake/llama_jinja/float-to-int.patch
 LLAMA_DIR=.deps/llama.cpp
 if [[ $DO_DEPS == 1 ]]; then
-  if [[ -f $LLAMA_DIR/.version && $(cat "$LLAMA_DIR/.version") == "$LLAMA_CPP_PYTHON_VERSION" ]]; then
+  LLAMA_STAMP="$LLAMA_CPP_PYTHON_VERSION $(sha256sum < "$LLAMA_PATCH" | cut -c1-16)"
+  if [[ -f $LLAMA_DIR/.version && $(cat "$LLAMA_DIR/.version") == "$LLAMA_STAMP" ]]; then
     log "llama.cpp Jinja sources present: $LLAMA_DIR"
   else
     log "fetching llama.cpp's Jinja engine from the llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist"
@@ -136,7 +140,8 @@ if [[ $DO_DEPS == 1 ]]; then
     cp -r "$src/vendor/nlohmann" "$LLAMA_DIR/vendor/"
     cp -r "$src/models/templates" "$LLAMA_DIR/models/"
     cp "$src/LICENSE" "$LLAMA_DIR/"
-    echo "$LLAMA_CPP_PYTHON_VERSION" > "$LLAMA_DIR/.version"
+    patch -s -d "$LLAMA_DIR" -p1 < "$LLAMA_PATCH"
+    echo "$LLAMA_STAMP" > "$LLAMA_DIR/.version"
     rm -rf "$dtmp"
     log "llama.cpp Jinja sources installed: $LLAMA_DIR"
   fi

@@ -107,6 +107,9 @@ def chat_template_seeds():
     tools = '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]'
     put("chat_template", "tools.txt", "\n--messages--\ntools\x1f" + tools + "\x1ekwargs\x1f{\"enable_thinking\": false}"
         "\x1euser\x1fWeather?\x1eassistant\x1f{\"city\": \"Paris\"}\x1etool\x1f21C<|im_end|>")
+    # Numbers outside int64 (the Jinja engine's integer view of them was undefined behaviour).
+    put("chat_template", "numbers.txt", "\n--messages--\nkwargs\x1f{\"a\": 1e300, \"b\": -9223372036854775809}"
+        "\x1eassistant\x1f{\"n\": 9223372036854775807, \"f\": -1e308}\x1euser\x1fx")
 
 
 def openai_seeds():

@@ -110,6 +110,23 @@ TEST(ChatTemplateTest, ToolsToolCallsAndExtraContext) {
   EXPECT_NE(t.Render({Msg("user", "x")}, o).status().message().find("chat_template_kwargs"), std::string::npos);
 }
 
+TEST(ChatTemplateTest, NumbersOutsideInt64FromRequestJson) {
+  // A request's tools and chat_template_kwargs may hold any JSON number. The Jinja engine keeps an integer view of
+  // every number; for 1e300 or 2^63-1 that conversion was undefined (UBSan, fuzz_chat_template) until
+  // cmake/llama_jinja/float-to-int.patch made it saturate. Printing keeps the numbers as sent, and
+  // |int and arithmetic saturate (Python's int() would give a bigint; no template needs more).
+  const ChatTemplate t = MustCompile(
+      "{% for x in nums %}{{ x | tojson }};{{ x | int }};{{ x * 2 }};{% endfor %}"
+      "{{ big }};{{ big + big }}{% for m in messages %}{{ m.content }}{% endfor %}");
+  ChatRenderOptions o;
+  o.extra_context_json = R"({"nums": [1e300, -1e300, 9223372036854775807, -9223372036854775808], "big": 9.3e18})";
+  StatusOr<RenderedChat> r = t.Render({Msg("user", "x")}, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_NE(r->text.find(";9223372036854775807;"), std::string::npos) << r->text;
+  EXPECT_NE(r->text.find(";-9223372036854775808;"), std::string::npos) << r->text;
+  EXPECT_EQ(r->text.substr(r->text.size() - 1), "x");
+}
+
 TEST(ChatTemplateTest, StringArgumentsForTemplatesThatPrintThem) {
   // A template that only prints the arguments gets the JSON text as sent (llama.cpp's probe).
   const ChatTemplate t = MustCompile(
