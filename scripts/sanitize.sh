@@ -3,7 +3,8 @@
 # build's tests. Builds tests/sanitize (the torch-free libraries and their suites, nothing else)
 # with clang into its own build folders, then:
 #   build-asan/  ASan+UBSan unit suites (label address) and each libFuzzer target for
-#                ASL_FUZZ_SECONDS (default 60) over a copy of tests/fuzz/corpus/<target> (label fuzz)
+#                ASL_FUZZ_SECONDS (default 60, libFuzzer seed ASL_FUZZ_SEED, default 1) over a copy of
+#                tests/fuzz/corpus/<target> (label fuzz)
 #   build-tsan/  TSan: the threaded unit suites, and asl-gateway's end-to-end suite with the
 #                TSan gateway in front of the normal build's asl-server (label thread)
 # Usage: scripts/sanitize.sh [asan] [tsan]   (default both). ASL_SKIP_SANITIZE=1 skips it.
@@ -19,7 +20,7 @@ modes=("$@"); ((${#modes[@]})) || modes=(asan tsan)
 
 for mode in "${modes[@]}"; do
   case $mode in
-    asan) san=address dir=build-asan labels="address|fuzz" extra=(-DASL_FUZZ_SECONDS="$FUZZ_SECONDS") ;;
+    asan) san=address dir=build-asan labels="address|fuzz" extra=(-DASL_FUZZ_SECONDS="$FUZZ_SECONDS" -DASL_FUZZ_SEED="${ASL_FUZZ_SEED:-1}") ;;
     tsan) san=thread dir=build-tsan labels="thread" extra=(-DASL_NORMAL_BIN_DIR="$ROOT/${BUILD_DIR:-build}/bin") ;;
     *) echo "sanitize.sh: unknown mode $mode (asan, tsan)" >&2; exit 2 ;;
   esac
