@@ -131,7 +131,8 @@ def main():
     logs = Path("/tmp/asl_grammar_bench")
     logs.mkdir(exist_ok=True)
     rows = []
-    with conftest.start_stack(logs, f"--model.threads={args.threads}", "--kv_cache.bytes=512MiB") as stack:
+    with conftest.start_stack(logs, f"--model.threads={args.threads}", "--kv_cache.bytes=512MiB",
+                                gateway_threads=2 * max(args.streams) + 8) as stack:
         with urllib.request.urlopen(stack.base_url + "/v1/models", timeout=30) as r:
             model = json.load(r)["data"][0]["id"]
         bench_server("asl-serve (xgrammar)", stack.base_url, model, args, rows)

@@ -71,8 +71,9 @@ class Process:
 
 
 @contextlib.contextmanager
-def start_stack(log_dir, *server_args):
-    """asl-server (with server_args last) + asl-gateway. Yields an object with .base_url,
+def start_stack(log_dir, *server_args, gateway_threads=16):
+    """asl-server (with server_args last) + asl-gateway (gateway_threads HTTP workers: all but
+    clamp(threads/8, 1, 16) of them serve generations). Yields an object with .base_url,
     .grpc_address, .metrics()."""
     grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     server = Process("asl-server", [
@@ -88,7 +89,7 @@ def start_stack(log_dir, *server_args):
         str(BIN_DIR / "asl-gateway"),
         f"--listen=127.0.0.1:{http_port}",
         f"--backend=127.0.0.1:{grpc_port}",
-        "--threads=16",
+        f"--threads={gateway_threads}",
     ], log_dir)
 
     class Stack:
