@@ -95,6 +95,7 @@ def start_stack(log_dir, *server_args, gateway_threads=16):
     class Stack:
         base_url = f"http://127.0.0.1:{http_port}"
         grpc_address = f"127.0.0.1:{grpc_port}"
+        processes = {"asl-server": server, "asl-gateway": gateway}
 
         @staticmethod
         def metrics():
