@@ -522,14 +522,18 @@ StatusOr<PrefillSlice> ModelRunner::Advance(PrefillJob& job, double budget,
         EndPass(job, slice);
         continue;
       }
-      const double cost = NextChunkCost(job);
-      if (budget > 0 && slice.num_chunks > 0 && slice.cost + cost > budget) break;
-      const int64_t end = ChunkEnd(job);
-      slice.token_layers += end - job.row_;
-      RunChunk(job, end);
-      slice.num_chunks++;
-      slice.cost += cost;
-      if (job.row_ < job.x_.size(0)) continue;
+      // A layer can have no rows left to compute: the sequences whose rows were still to come
+      // in it left the batch (Drop) after the others' rows were done. It only needs its end.
+      if (job.row_ < job.x_.size(0)) {
+        const double cost = NextChunkCost(job);
+        if (budget > 0 && slice.num_chunks > 0 && slice.cost + cost > budget) break;
+        const int64_t end = ChunkEnd(job);
+        slice.token_layers += end - job.row_;
+        RunChunk(job, end);
+        slice.num_chunks++;
+        slice.cost += cost;
+        if (job.row_ < job.x_.size(0)) continue;
+      }
       const int64_t rows_before = job.token_layers_;
       ASL_RETURN_IF_ERROR(EndLayer(job));
       slice.token_layers += job.token_layers_ - rows_before;  // a cut's recomputed prefix rows

@@ -346,6 +346,70 @@ TEST(TinyPrefillSlices, DroppedSequenceLeavesTheOthersTheirResults) {
   EXPECT_TRUE(job2->done());
 }
 
+// A sequence dropped in the middle of a layer, at every chunk of the first layers: when the rows
+// still to come in that layer were all the dropped sequence's, the layer has nothing left to
+// compute but its end (the soak found this: `torch.cat(): expected a non-empty list of Tensors`
+// from a chunk of no rows, failing the whole batch). The survivor gets what it gets alone.
+TEST(TinyPrefillSlices, DroppedInTheMiddleOfALayerAtEveryChunk) {
+  auto m = TinyModel();
+  const int L = static_cast<int>(m->config().num_layers);
+  const std::vector<std::vector<int32_t>> prompts = {Prompt(40, 1, 512), Prompt(90, 2, 512)};
+  std::vector<PruningParams> params(2);
+  params[0].policy = PolicyKind::kAsl;
+  params[0].max_layer = 3;  // forced selection: the survivor's batch is cut too
+  params[1].policy = PolicyKind::kGemFilter;
+  for (PruningParams& p : params) {
+    p.window = 8;
+    p.kernel = 3;
+    p.obs_layers = 2;
+    p.min_layer = 2;
+    p.select_k = 24;
+    p.kv_budget = 20;
+    ASSERT_TRUE(ResolvePruningParams(&p, L).ok());
+  }
+  for (size_t dropped : {size_t{1}, size_t{0}}) {
+    const size_t kept = 1 - dropped;
+    const BatchOutcome alone = RunBatch(*m, {prompts[kept]}, {params[kept]}, 0, {});
+    for (int64_t chunk_rows : {20, 40, 50}) {
+      for (int chunks_before = 1; chunks_before <= 8; ++chunks_before) {
+        SCOPED_TRACE("dropped " + std::to_string(dropped) + ", chunk_rows " + std::to_string(chunk_rows) +
+                     ", after " + std::to_string(chunks_before) + " chunks");
+        kv::DenseKvCache cache(L);
+        runner::ModelRunner runner(m.get(), &cache, {.chunk_rows = chunk_rows});
+        std::vector<std::unique_ptr<prune::PruningPolicy>> policies;
+        std::vector<runner::PrefillSeq> seqs;
+        for (size_t i = 0; i < prompts.size(); ++i) {
+          policies.push_back(std::make_unique<prune::PruningPolicy>(params[i], L, m->config().num_kv_heads,
+                                                                    static_cast<int64_t>(prompts[i].size())));
+          ASSERT_TRUE(cache.AddSequence(static_cast<kv::SeqId>(i)).ok());
+          seqs.push_back({static_cast<kv::SeqId>(i), prompts[i], policies[i].get()});
+        }
+        auto job = runner.StartPrefill(seqs);
+        ASSERT_TRUE(job.ok());
+        for (int c = 0; c < chunks_before && !job->done(); ++c) {
+          auto slice = runner.Advance(*job, 1e-9);  // one chunk each
+          ASSERT_TRUE(slice.ok()) << slice.status().ToString();
+          ASSERT_TRUE(slice->done.empty());
+        }
+        policies[dropped].reset();
+        auto slice = runner.Advance(*job, 0, [&](kv::SeqId id) { return id != static_cast<kv::SeqId>(dropped); });
+        ASSERT_TRUE(slice.ok()) << slice.status().ToString();
+        EXPECT_TRUE(job->done());
+        ASSERT_EQ(slice->done.size(), 1u);
+        ASSERT_EQ(slice->done[0].index, kept);
+        const Outcome& want = alone.seqs[0];
+        EXPECT_EQ(slice->done[0].next_position, want.next_position);
+        EXPECT_EQ(policies[kept]->report().selection_layer, want.report.selection_layer);
+        EXPECT_EQ(policies[kept]->report().selected_positions, want.report.selected_positions);
+        EXPECT_TRUE(at::allclose(slice->logits[0], want.logits, 1e-4, 1e-4));
+        for (int l = 0; l < L; ++l) {
+          EXPECT_EQ(cache.Length(static_cast<kv::SeqId>(kept), l), want.kv[l].first.size(1)) << "layer " << l;
+        }
+      }
+    }
+  }
+}
+
 // The same on the default model (SmolLM2-135M, 30 layers), label model.
 TEST(PrefillSlices, SlicedEqualsUnslicedForEveryPolicyOnTheDefaultModel) {
   if (!std::filesystem::exists(ASL_TEST_MODEL)) GTEST_SKIP() << "default model missing: " << ASL_TEST_MODEL;
