@@ -63,7 +63,9 @@ StatusOr<BpeModel> BpeModel::Create(const std::vector<std::string>& tokens, cons
   BpeModel m;
   m.ignore_merges_ = ignore_merges;
   m.vocab_.reserve(tokens.size());
-  for (size_t id = 0; id < tokens.size(); ++id) m.vocab_[tokens[id]] = static_cast<int32_t>(id);  // last wins
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    if (!tokens[id].empty()) m.vocab_[tokens[id]] = static_cast<int32_t>(id);  // last wins; "" is an unused id
+  }
   const auto& b2u = ByteToUnicode();
   for (int b = 0; b < 256; ++b) {
     auto it = m.vocab_.find(b2u[b]);

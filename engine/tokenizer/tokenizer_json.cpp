@@ -148,6 +148,14 @@ StatusOr<TokenizerSpec> ParseTokenizerJson(const json& tj, const json& config, c
   }
   int32_t max_id = -1;
   for (const auto& [id, tok] : entries) max_id = std::max(max_id, id);
+  // The id space must be nearly dense: the tables below have max_id + 1 entries, so a handful of
+  // tokens with an id near 2^24 asked for 16M slots (F4, tests/fuzz/tokenizer_json_fuzz). Real
+  // vocabularies have no gaps, or a few padding ids at the end.
+  const int64_t max_dense = 2 * static_cast<int64_t>(entries.size()) + 1024;
+  if (max_id > max_dense) {
+    return DataLoss(file + ": token ids are sparse: the largest is " + std::to_string(max_id) + " but there are only " +
+                    std::to_string(entries.size()) + " tokens (at most " + std::to_string(max_dense) + " allowed)");
+  }
   spec.tokens.assign(max_id + 1, "");
   spec.token_types.assign(max_id + 1, TokenType::kUnused);
   for (const auto& [id, tok] : entries) {

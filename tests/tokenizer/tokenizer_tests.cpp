@@ -350,6 +350,20 @@ TEST(TokenizerJsonTest, ReadsSpecFromTokenizerJson) {
   std::ofstream(dir / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 300}, "merges": []}})";
   const auto gap = Tokenizer::SpecFromTokenizerJson(dir.string());  // gaps stay allowed
   EXPECT_TRUE(gap.ok()) << gap.status().ToString();
+  EXPECT_EQ(gap->tokens.size(), 301u);
+  EXPECT_EQ(MakeTokenizer(*gap)->Encode("ab", false), (std::vector<int32_t>{0, 300}));
+  // ... but not a sparse id space: 3 tokens with an id near 2^24 built tables of 16M entries (F4).
+  std::ofstream(dir / "tokenizer.json") << R"({"added_tokens": [{"id": 16000000, "content": "<x>"}],
+    "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}})";
+  const auto sparse = Tokenizer::SpecFromTokenizerJson(dir.string()).status();
+  EXPECT_EQ(sparse.code(), StatusCode::kDataLoss);
+  EXPECT_NE(sparse.message().find("token ids are sparse: the largest is 16000000 but there are only 3 tokens"),
+            std::string::npos) << sparse.ToString();
+  // The bound is 2 x tokens + 1024: 1028 for two.
+  std::ofstream(dir / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1028}, "merges": []}})";
+  EXPECT_TRUE(Tokenizer::SpecFromTokenizerJson(dir.string()).ok());
+  std::ofstream(dir / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1029}, "merges": []}})";
+  EXPECT_EQ(Tokenizer::SpecFromTokenizerJson(dir.string()).status().code(), StatusCode::kDataLoss);
   fs::remove_all(dir);
   EXPECT_EQ(Tokenizer::SpecFromTokenizerJson(dir.string()).status().code(), StatusCode::kNotFound);
 }
