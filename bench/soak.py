@@ -280,11 +280,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="add to asl-server's environment (memory diagnostics: LD_PRELOAD=libjemalloc.so.2, "
+                         "MALLOC_CONF=..., GLIBC_TUNABLES=...); repeatable, reported")
     args = ap.parse_args()
+    server_env = dict(kv.split("=", 1) for kv in args.server_env)
     logs = Path("/tmp/asl_soak")
     logs.mkdir(exist_ok=True)
     with conftest.start_stack(logs, f"--model.threads={args.threads}", "--kv_cache.bytes=256MiB",
-                              f"--scheduler.max_num_seqs={args.slots}", gateway_threads=8 * args.slots + 16) as stack:
+                              f"--scheduler.max_num_seqs={args.slots}", gateway_threads=8 * args.slots + 16,
+                              server_env=server_env) as stack:
         model = requests.get(stack.base_url + "/v1/models", timeout=30).json()["data"][0]["id"]
         client = Client(stack, model)
         capacity, cal = calibrate(client, args.slots, args.calibrate, args.seed)
@@ -304,7 +309,8 @@ def main():
     errors = {k: sum(n for o, n in c.items() if o != "ok") for k, c in tally.outcomes.items()}
     lines = [f"# Soak: asl-server + asl-gateway at {args.load:.0%} of capacity for {args.duration / 60:.0f} minutes",
              "", results_header("soak.py", f"threads {args.threads}, default model (SmolLM2-135M-Instruct Q4_1), "
-                                f"scheduler.max_num_seqs {args.slots}, kv_cache 256 MiB").rstrip(), "",
+                                f"scheduler.max_num_seqs {args.slots}, kv_cache 256 MiB" +
+                                "".join(f", asl-server env {kv}" for kv in args.server_env)).rstrip(), "",
              f"- Capacity (closed loop of {args.slots} clients, {args.calibrate:.0f} s, same mix): "
              f"**{capacity:.2f} requests/s**; soak arrivals (Poisson) at **{rate:.2f}/s**",
              f"- Soak: {wall:.0f} s, **{sum(sum(c.values()) for c in tally.outcomes.values())} requests**, "

@@ -71,10 +71,10 @@ class Process:
 
 
 @contextlib.contextmanager
-def start_stack(log_dir, *server_args, gateway_threads=16):
-    """asl-server (with server_args last) + asl-gateway (gateway_threads HTTP workers: all but
-    clamp(threads/8, 1, 16) of them serve generations). Yields an object with .base_url,
-    .grpc_address, .metrics()."""
+def start_stack(log_dir, *server_args, gateway_threads=16, server_env=None):
+    """asl-server (with server_args last, server_env added to its environment) + asl-gateway
+    (gateway_threads HTTP workers: all but clamp(threads/8, 1, 16) of them serve generations).
+    Yields an object with .base_url, .grpc_address, .metrics()."""
     grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     server = Process("asl-server", [
         str(_server_bin()),
@@ -84,7 +84,7 @@ def start_stack(log_dir, *server_args, gateway_threads=16):
         f"--server.metrics_port={metrics_port}",
         "--kv_cache.bytes=128MiB",
         *server_args,
-    ], log_dir)
+    ], log_dir, env=server_env)
     gateway = Process("asl-gateway", [
         str(BIN_DIR / "asl-gateway"),
         f"--listen=127.0.0.1:{http_port}",
