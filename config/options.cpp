@@ -198,6 +198,11 @@ std::vector<Option> BuildOptions() {
                         "intra-op CPU threads; 0 = the CPUs this process may use (affinity mask, capped by the "
                         "cgroup CPU quota rounded up), not the host's cores",
                         0, 4096, [](auto* c) { return &c->engine.num_threads; }));
+  o.push_back(IntOption("model.onednn_primitive_cache",
+                        "oneDNN primitives kept (the bfloat16 GEMMs compile one per shape, ~0.7 MiB each); 0 = "
+                        "the default, 1024 (up to ~700 MiB); ONEDNN_PRIMITIVE_CACHE_CAPACITY and "
+                        "LRU_CACHE_CAPACITY in the environment win",
+                        0, 1 << 20, [](auto* c) { return &c->engine.onednn_primitive_cache; }));
 
   // server
   o.push_back(StringOption("server.host", "string",

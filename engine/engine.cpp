@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <fstream>
 #include <mutex>
 #include <optional>
@@ -152,6 +153,20 @@ class EngineImpl final : public Engine, private sched::PoolFacts {
 };
 
 Status EngineImpl::Init() {
+  if (config_.onednn_primitive_cache > 0) {
+    // Before any GEMM: both are read once. setenv's overwrite = 0 keeps an operator's own values.
+    // ideep (libtorch's oneDNN wrapper) keeps its own LRU of primitive descriptors beside oneDNN's
+    // primitive cache; each holds about half of a shape's ~0.7 MiB.
+    const std::string cap = std::to_string(config_.onednn_primitive_cache);
+    setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", cap.c_str(), 0);
+    setenv("LRU_CACHE_CAPACITY", cap.c_str(), 0);
+  }
+  {
+    const char* primitives = std::getenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY");
+    const char* descriptors = std::getenv("LRU_CACHE_CAPACITY");
+    ASL_LOG_INFO("oneDNN caches: {} primitives, {} descriptors", primitives ? primitives : "1024 (default)",
+                 descriptors ? descriptors : "1024 (default)");
+  }
   if (config_.num_threads > 0) {
     at::set_num_threads(config_.num_threads);
     ASL_LOG_INFO("threads: {} (model.threads)", config_.num_threads);

@@ -28,6 +28,12 @@ struct EngineConfig {
   // model's own (GGUF tokenizer.chat_template, tokenizer_config.json or chat_template.jinja).
   std::string chat_template;
   int num_threads = 0;             // intra-op threads; 0 = the usable CPUs (ReadCpuBudget)
+  // oneDNN primitives (and ideep's descriptors of them) kept: libtorch's bfloat16 GEMMs compile one
+  // per shape, about 0.7 MiB each, and prefill row counts vary per step; 0 = the libraries' default
+  // (1024 each: up to ~700 MiB of RSS). Read once per process, at the first GEMM: the first
+  // engine's value holds, and ONEDNN_PRIMITIVE_CACHE_CAPACITY / LRU_CACHE_CAPACITY in the
+  // environment win over it.
+  int onednn_primitive_cache = 64;
   // KV pool: bytes if > 0, else this fraction of free memory (device memory on CUDA).
   int64_t kv_cache_bytes = 0;
   double kv_cache_memory_fraction = 0.25;

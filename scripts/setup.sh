@@ -29,7 +29,7 @@ done
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git python3-venv python3-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libspdlog-dev libfmt-dev prometheus-cpp-dev libyaml-cpp-dev
+  libspdlog-dev libfmt-dev prometheus-cpp-dev libyaml-cpp-dev libjemalloc-dev
   libgtest-dev libgmock-dev libcpp-httplib-dev nlohmann-json3-dev libpcre2-dev libcli11-dev zlib1g-dev
   patch patchelf libssl-dev openssl
   clang-14 libclang-rt-14-dev llvm-14

@@ -54,6 +54,18 @@ int WaitForSignal() {
   }
 }
 
+// jemalloc's control call where it is linked (server/CMakeLists.txt); null under glibc's malloc.
+extern "C" int mallctl(const char* name, void* oldp, size_t* oldlenp, void* newp, size_t newlen) __attribute__((weak));
+
+std::string AllocatorName() {
+  const char* version = nullptr;
+  size_t n = sizeof version;
+  if (mallctl != nullptr && mallctl("version", &version, &n, nullptr, 0) == 0 && version != nullptr) {
+    return std::string("jemalloc ") + version;
+  }
+  return "glibc malloc";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -86,7 +98,8 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  spdlog::info("{} starting{}", VersionLine("asl-server"), cfg.config_file.empty() ? "" : " with " + cfg.config_file);
+  spdlog::info("{} starting{} (allocator: {})", VersionLine("asl-server"),
+               cfg.config_file.empty() ? "" : " with " + cfg.config_file, AllocatorName());
   spdlog::debug("configuration:\n{}", config::DumpServerConfig(cfg));
   server::AslServer server(cfg, std::move(security).value());
   if (Status st = server.Start(); !st.ok()) {
