@@ -27,11 +27,12 @@ struct ToolCall {
 };
 
 struct ChatMessage {
-  std::string role;
-  std::optional<std::string> content;  // nullopt: null (an assistant turn that only calls tools)
-  std::string name;                    // optional ("name" of a tool result or a participant)
-  std::string tool_call_id;            // optional (a tool result)
-  std::vector<ToolCall> tool_calls;    // optional (an assistant turn)
+  // Default member initializers: designated initializers may name only the fields they set.
+  std::string role{};
+  std::optional<std::string> content{};  // nullopt: null (an assistant turn that only calls tools)
+  std::string name{};                    // optional ("name" of a tool result or a participant)
+  std::string tool_call_id{};            // optional (a tool result)
+  std::vector<ToolCall> tool_calls{};    // optional (an assistant turn)
 };
 
 struct ChatRenderOptions {
