@@ -32,22 +32,38 @@ struct BatchOutcome {
   int num_slices = 0;
 };
 
+// What every test here starts a prefill from: a fresh cache and runner, and per prompt i a policy
+// for params[i] and a cache sequence with id i.
+struct PrefillSetup {
+  PrefillSetup(const model::LlamaModel& m, const std::vector<std::vector<int32_t>>& prompts,
+               const std::vector<PruningParams>& params, runner::PrefillOptions options = {})
+      : cache(static_cast<int>(m.config().num_layers)), runner(&m, &cache, options) {
+    const int L = static_cast<int>(m.config().num_layers);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      PruningParams p = params[i];
+      const Status resolved = ResolvePruningParams(&p, L);
+      EXPECT_TRUE(resolved.ok()) << resolved.ToString();
+      policies.push_back(std::make_unique<prune::PruningPolicy>(p, L, m.config().num_kv_heads,
+                                                                static_cast<int64_t>(prompts[i].size())));
+      EXPECT_TRUE(cache.AddSequence(static_cast<kv::SeqId>(i)).ok());
+      seqs.push_back({static_cast<kv::SeqId>(i), prompts[i], policies.back().get()});
+    }
+  }
+  PrefillSetup(const PrefillSetup&) = delete;  // the runner points at the cache
+  PrefillSetup& operator=(const PrefillSetup&) = delete;
+
+  kv::DenseKvCache cache;
+  runner::ModelRunner runner;
+  std::vector<std::unique_ptr<prune::PruningPolicy>> policies;
+  std::vector<runner::PrefillSeq> seqs;
+};
+
 // Prefills `prompts` together under `params` with the given budget, on a fresh cache.
 BatchOutcome RunBatch(const model::LlamaModel& m, const std::vector<std::vector<int32_t>>& prompts,
                       const std::vector<PruningParams>& params, double budget, runner::PrefillOptions options) {
-  const auto& c = m.config();
-  const int L = static_cast<int>(c.num_layers);
-  kv::DenseKvCache cache(L);
-  runner::ModelRunner runner(&m, &cache, options);
-  std::vector<std::unique_ptr<prune::PruningPolicy>> policies;
-  std::vector<runner::PrefillSeq> seqs;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    PruningParams p = params[i];
-    EXPECT_TRUE(ResolvePruningParams(&p, L).ok()) << ResolvePruningParams(&p, L).ToString();
-    policies.push_back(std::make_unique<prune::PruningPolicy>(p, L, c.num_kv_heads, static_cast<int64_t>(prompts[i].size())));
-    EXPECT_TRUE(cache.AddSequence(static_cast<kv::SeqId>(i)).ok());
-    seqs.push_back({static_cast<kv::SeqId>(i), prompts[i], policies.back().get()});
-  }
+  const int L = static_cast<int>(m.config().num_layers);
+  PrefillSetup setup(m, prompts, params, options);
+  auto& [cache, runner, policies, seqs] = setup;
   auto out = runner.Prefill(seqs, budget);
   EXPECT_TRUE(out.ok()) << out.status().ToString();
   BatchOutcome b;
@@ -203,20 +219,11 @@ TEST(TinyPrefillSlices, ChunkedLayersComputeWhatWholeLayersCompute) {
 TEST(TinyPrefillSlices, ChunksCostWhatTheirLayerCosts) {
   // A layer's chunks add up to its cost: rows once, each causal pair once.
   auto m = TinyModel();
-  const int L = 6;
   PruningParams p;
   p.obs_layers = 2;
   p.min_layer = 2;
-  ASSERT_TRUE(ResolvePruningParams(&p, L).ok());
-  kv::DenseKvCache cache(L);
-  runner::ModelRunner runner(m.get(), &cache, runner::PrefillOptions{16});
-  std::vector<std::unique_ptr<prune::PruningPolicy>> policies;
-  std::vector<runner::PrefillSeq> seqs;
-  for (int64_t n : {50, 30}) {
-    policies.push_back(std::make_unique<prune::PruningPolicy>(p, L, 2, n));
-    ASSERT_TRUE(cache.AddSequence(static_cast<kv::SeqId>(seqs.size())).ok());
-    seqs.push_back({static_cast<kv::SeqId>(seqs.size()), Prompt(n, 3 + n, 512), policies.back().get()});
-  }
+  PrefillSetup setup(*m, {Prompt(50, 53, 512), Prompt(30, 33, 512)}, {p, p}, runner::PrefillOptions{16});
+  auto& [cache, runner, policies, seqs] = setup;
   auto job = runner.StartPrefill(seqs);
   ASSERT_TRUE(job.ok());
   const runner::PrefillCostModel& cost = runner.cost_model();
@@ -244,21 +251,12 @@ TEST(TinyPrefillSlices, CostModelCountsRowsAndAttentionPairs) {
   EXPECT_DOUBLE_EQ(cost.PromptCost(100, 6), 6 * cost.SegmentLayerCost(100));
 
   // A job's next layer costs its segments; identical prompts share one.
-  const int L = 6;
-  kv::DenseKvCache cache(L);
-  runner::ModelRunner runner(m.get(), &cache);
   PruningParams p;
   p.obs_layers = 2;
   p.min_layer = 2;
-  ASSERT_TRUE(ResolvePruningParams(&p, L).ok());
-  std::vector<std::unique_ptr<prune::PruningPolicy>> policies;
-  std::vector<runner::PrefillSeq> seqs;
   const auto a = Prompt(50, 1, 512), b = Prompt(30, 2, 512);
-  for (const auto* prompt : {&a, &a, &b}) {
-    policies.push_back(std::make_unique<prune::PruningPolicy>(p, L, 2, static_cast<int64_t>(prompt->size())));
-    ASSERT_TRUE(cache.AddSequence(static_cast<kv::SeqId>(seqs.size())).ok());
-    seqs.push_back({static_cast<kv::SeqId>(seqs.size()), *prompt, policies.back().get()});
-  }
+  PrefillSetup setup(*m, {a, a, b}, {p, p, p});
+  auto& [cache, runner, policies, seqs] = setup;
   auto job = runner.StartPrefill(seqs);
   ASSERT_TRUE(job.ok());
   EXPECT_DOUBLE_EQ(runner.NextChunkCost(*job), cost.SegmentLayerCost(50) + cost.SegmentLayerCost(30));
@@ -304,15 +302,8 @@ TEST(TinyPrefillSlices, DroppedSequenceLeavesTheOthersTheirResults) {
   // Alone, without the sequence that will be dropped (seq 1).
   const BatchOutcome without = RunBatch(*m, {prompts[0], prompts[2]}, {params[0], params[2]}, 0, {});
 
-  kv::DenseKvCache cache(L);
-  runner::ModelRunner runner(m.get(), &cache);
-  std::vector<std::unique_ptr<prune::PruningPolicy>> policies;
-  std::vector<runner::PrefillSeq> seqs;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    policies.push_back(std::make_unique<prune::PruningPolicy>(params[i], L, 2, static_cast<int64_t>(prompts[i].size())));
-    ASSERT_TRUE(cache.AddSequence(static_cast<kv::SeqId>(i)).ok());
-    seqs.push_back({static_cast<kv::SeqId>(i), prompts[i], policies[i].get()});
-  }
+  PrefillSetup setup(*m, prompts, params);
+  auto& [cache, runner, policies, seqs] = setup;
   auto job = runner.StartPrefill(seqs);
   ASSERT_TRUE(job.ok());
   auto slice = runner.Advance(*job, 1e-9);  // layer 0
@@ -374,16 +365,8 @@ TEST(TinyPrefillSlices, DroppedInTheMiddleOfALayerAtEveryChunk) {
       for (int chunks_before = 1; chunks_before <= 8; ++chunks_before) {
         SCOPED_TRACE("dropped " + std::to_string(dropped) + ", chunk_rows " + std::to_string(chunk_rows) +
                      ", after " + std::to_string(chunks_before) + " chunks");
-        kv::DenseKvCache cache(L);
-        runner::ModelRunner runner(m.get(), &cache, {.chunk_rows = chunk_rows});
-        std::vector<std::unique_ptr<prune::PruningPolicy>> policies;
-        std::vector<runner::PrefillSeq> seqs;
-        for (size_t i = 0; i < prompts.size(); ++i) {
-          policies.push_back(std::make_unique<prune::PruningPolicy>(params[i], L, m->config().num_kv_heads,
-                                                                    static_cast<int64_t>(prompts[i].size())));
-          ASSERT_TRUE(cache.AddSequence(static_cast<kv::SeqId>(i)).ok());
-          seqs.push_back({static_cast<kv::SeqId>(i), prompts[i], policies[i].get()});
-        }
+        PrefillSetup setup(*m, prompts, params, {.chunk_rows = chunk_rows});
+        auto& [cache, runner, policies, seqs] = setup;
         auto job = runner.StartPrefill(seqs);
         ASSERT_TRUE(job.ok());
         for (int c = 0; c < chunks_before && !job->done(); ++c) {
