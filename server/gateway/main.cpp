@@ -24,6 +24,18 @@
 #include "server/gateway/gateway.h"
 #include "version/cli.h"
 
+// jemalloc's built-in options (server/CMakeLists.txt links it; glibc's malloc ignores this, and
+// MALLOC_CONF still applies on top): no per-thread caches. Each request in flight holds one of the
+// --threads workers, and a jemalloc thread cache is trimmed only by its own thread's allocations, so
+// the caches of workers that served a burst and then sat idle stayed full: after 25 minutes of soak
+// they held 38 MB of a 41 MB heap, and RSS had grown 13 % since the warm-up (bench/results/soak.md).
+// Without them each allocation takes its arena's lock (8 arenas on 2 cores), cheap at the
+// gateway's rate of allocations.
+extern "C" {
+extern const char* malloc_conf;
+const char* malloc_conf = "tcache:false";
+}
+
 namespace {
 
 // "host:port" -> parts; the host may be empty ("":8080 = all interfaces) or a bracketed IPv6.
