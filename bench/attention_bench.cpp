@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
           std::fflush(stdout);
         }
       }
-      asl::SetCpuIsaCap(asl::CpuIsa::kAvx512);
+      asl::SetCpuIsaCap(asl::CpuIsa::kAvx512Vnni);
     }
   }
   return 0;

@@ -1,5 +1,6 @@
 // The projections of one decode step of a GGUF model, timed per kernel: at::linear (MKL) over the
-// float32 copies against the streaming kernel over the GGUF blocks (engine/model/linear.h), for
+// float32 copies against the streaming kernel over the GGUF blocks (engine/model/linear.h) with
+// float32 and with int8 activations (ASL_CPU_ISA caps the instruction set), for
 // several numbers of rows (sequences decoding together). Both compute every projection of every
 // layer and the LM head once per step; attention and the small ops are left out.
 //   cmake --build build --target asl-linear-bench
@@ -87,20 +88,25 @@ int main(int argc, char** argv) {
   }
   std::printf("model %s, %d threads, %zu projections per step: float32 %.1f MB, blocks %.1f MB; median of %d steps\n\n",
               model.c_str(), threads, step.size(), float_bytes / 1e6, packed_bytes / 1e6, reps);
-  std::printf("| rows | at::linear float32 ms (CPU ms) | streaming blocks ms (CPU ms) | speed-up (wall) | blocks GB/s |\n"
-              "|---|---|---|---|---|\n");
+  std::printf("| rows | at::linear float32 ms (CPU ms) | streaming float32 ms (CPU ms) | streaming int8 ms (CPU ms) | "
+              "speed-up float32 / int8 (wall, vs at::linear) | blocks GB/s float32 / int8 |\n"
+              "|---|---|---|---|---|---|\n");
   for (int64_t m : rows) {
     std::vector<at::Tensor> xs;
     for (const Projection& p : step) xs.push_back(at::randn({m, p.w.size(1)}));
     // Wall and process CPU time per step: on a shared machine the CPU time of a one-thread run is
     // the one to compare (time-slicing by other processes does not count in it).
-    auto time = [&](bool streaming) {
+    enum Kernel { kAtLinear, kFloat32, kInt8 };
+    auto time = [&](Kernel kernel) {
       std::vector<double> wall, cpu;
       for (int r = 0; r < reps + 2; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
         const double c0 = CpuMs();
         for (size_t i = 0; i < step.size(); ++i) {
-          at::Tensor y = streaming ? asl::model::StreamingLinear(xs[i], step[i].packed) : at::linear(xs[i], step[i].w);
+          at::Tensor y = kernel == kAtLinear ? at::linear(xs[i], step[i].w)
+                         : asl::model::StreamingLinear(xs[i], step[i].packed, {},
+                                                       kernel == kInt8 ? asl::model::Activations::kInt8
+                                                                       : asl::model::Activations::kFloat32);
         }
         if (r < 2) continue;  // two warm-up steps
         cpu.push_back(CpuMs() - c0);
@@ -108,10 +114,12 @@ int main(int argc, char** argv) {
       }
       return std::make_pair(Median(wall), Median(cpu));
     };
-    const auto [fw, fc] = time(false);
-    const auto [sw, sc] = time(true);
-    std::printf("| %lld | %.2f (%.2f) | %.2f (%.2f) | %.2fx | %.1f |\n", static_cast<long long>(m), fw, fc, sw, sc, fw / sw,
-                packed_bytes / sw / 1e6);
+    const auto [fw, fc] = time(kAtLinear);
+    const auto [sw, sc] = time(kFloat32);
+    const auto [iw, ic] = time(kInt8);
+    std::printf("| %lld | %.2f (%.2f) | %.2f (%.2f) | %.2f (%.2f) | %.2fx / %.2fx | %.1f / %.1f |\n",
+                static_cast<long long>(m), fw, fc, sw, sc, iw, ic, fw / sw, fw / iw, packed_bytes / sw / 1e6,
+                packed_bytes / iw / 1e6);
     std::fflush(stdout);
   }
   return 0;

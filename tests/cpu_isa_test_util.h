@@ -23,7 +23,7 @@ void ForEachCpuIsa(std::initializer_list<CpuIsa> levels, F fn) {
     SCOPED_TRACE(CpuIsaName(isa));
     fn();
   }
-  SetCpuIsaCap(CpuIsa::kAvx512);
+  SetCpuIsaCap(CpuIsa::kAvx512Vnni);
 }
 
 }  // namespace asl::testing

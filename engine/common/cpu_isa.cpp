@@ -14,14 +14,15 @@ CpuIsa Detect() {
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  return avx512 ? CpuIsa::kAvx512 : avx2 ? CpuIsa::kAvx2 : CpuIsa::kBaseline;
+  const bool vnni = avx512 && __builtin_cpu_supports("avx512vnni");
+  return vnni ? CpuIsa::kAvx512Vnni : avx512 ? CpuIsa::kAvx512 : avx2 ? CpuIsa::kAvx2 : CpuIsa::kBaseline;
 #else
   return CpuIsa::kBaseline;
 #endif
 }
 
 int InitialCap() {
-  CpuIsa cap = CpuIsa::kAvx512;
+  CpuIsa cap = CpuIsa::kAvx512Vnni;
   if (const char* env = std::getenv("ASL_CPU_ISA")) ParseCpuIsa(env, &cap);
   return static_cast<int>(cap);
 }
@@ -61,12 +62,13 @@ const char* CpuIsaName(CpuIsa isa) {
     case CpuIsa::kBaseline: return "baseline";
     case CpuIsa::kAvx2: return "avx2";
     case CpuIsa::kAvx512: return "avx512";
+    case CpuIsa::kAvx512Vnni: return "avx512vnni";
   }
   return "?";
 }
 
 bool ParseCpuIsa(const std::string& name, CpuIsa* out) {
-  for (CpuIsa isa : {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Vnni}) {
     if (name == CpuIsaName(isa)) {
       *out = isa;
       return true;

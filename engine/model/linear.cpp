@@ -4,8 +4,13 @@
 #include <c10/util/Exception.h>
 
 #include "engine/common/cpu_isa.h"
+#include "engine/model/linear_int8_kernel.h"
 #include "engine/model/linear_kernel.h"
 #include "engine/model/quant.h"
+
+#include <cmath>
+#include <limits>
+#include <vector>
 
 namespace asl::model {
 namespace {
@@ -25,6 +30,54 @@ void Run(const LinearArgs& args) {
     StreamingLinearAvx2(args);
   } else {
     RunStreamingLinear(args);
+  }
+}
+
+void RunInt8(const Int8LinearArgs& args) {
+  if (args.M == 0 || args.N == 0) return;
+#if defined(ASL_MODEL_HAVE_AVX512)
+  if (ActiveCpuIsa() >= CpuIsa::kAvx512Vnni) return StreamingLinearInt8Avx512Vnni(args);
+#endif
+#if defined(ASL_MODEL_HAVE_AVX2)
+  if (UseAvx2()) return StreamingLinearInt8Avx2(args);
+#endif
+  int8k::Run(args);
+}
+
+// Row m of x [M, K] (K a multiple of 32) quantised per block of 32: q = nearbyint(x * (1 / d)) in
+// [-127, 127] with d = max|x| / 127, and s = d * sum(q). Scalar code, the one definition every
+// kernel path reads. A block holding a non-finite value gets d = NaN, so the outputs it touches are
+// NaN, as float32 arithmetic would give, instead of silently dropping the value.
+struct QuantizedRows {
+  std::vector<int8_t> q;
+  std::vector<float> d, s;
+};
+
+void QuantizeRowsInt8(const float* x, int64_t M, int64_t K, QuantizedRows* out) {
+  const int64_t nb = K / 32;
+  out->q.resize(static_cast<size_t>(M * K));
+  out->d.resize(static_cast<size_t>(M * nb));
+  out->s.resize(static_cast<size_t>(M * nb));
+  for (int64_t blk = 0; blk < M * nb; ++blk) {
+    const float* v = x + blk * 32;
+    int8_t* q = out->q.data() + blk * 32;
+    float amax = 0.0f;
+    bool finite = true;
+    for (int j = 0; j < 32; ++j) {
+      amax = std::max(amax, std::fabs(v[j]));
+      finite = finite && std::isfinite(v[j]);
+    }
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int32_t sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      const float r = finite ? std::nearbyint(v[j] * id) : 0.0f;
+      const int32_t qi = static_cast<int32_t>(std::min(127.0f, std::max(-127.0f, r)));
+      q[j] = static_cast<int8_t>(qi);
+      sum += qi;
+    }
+    out->d[blk] = finite ? d : std::numeric_limits<float>::quiet_NaN();
+    out->s[blk] = out->d[blk] * static_cast<float>(sum);
   }
 }
 
@@ -60,7 +113,19 @@ at::Tensor StreamingLinear(const at::Tensor& x, const at::Tensor& w, const at::T
   return out;
 }
 
-at::Tensor StreamingLinear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& b) {
+bool ParseActivations(const std::string& name, Activations* out) {
+  for (Activations a : {Activations::kFloat32, Activations::kInt8}) {
+    if (name == ActivationsName(a)) {
+      *out = a;
+      return true;
+    }
+  }
+  return false;
+}
+
+const char* ActivationsName(Activations a) { return a == Activations::kInt8 ? "int8" : "float32"; }
+
+at::Tensor StreamingLinear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& b, Activations act) {
   TORCH_CHECK(w.defined() && w.bytes.dim() == 2 && w.bytes.scalar_type() == at::kByte && w.bytes.is_contiguous() &&
                   w.bytes.size(1) == PackedRowBytes(w.type, w.cols),
               "linear: malformed packed weight");
@@ -69,25 +134,34 @@ at::Tensor StreamingLinear(const at::Tensor& x, const PackedWeight& w, const at:
   const at::Tensor xc = x.contiguous();
   const at::Tensor bc = b.defined() ? b.contiguous() : b;
   at::Tensor out = at::empty({x.size(0), N}, x.options());
+  const float* bias = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  if (act == Activations::kInt8) {
+    // Per calling thread (the engine thread), reused: a decode step quantises ~120 inputs.
+    thread_local QuantizedRows rows;
+    QuantizeRowsInt8(xc.data_ptr<float>(), x.size(0), w.cols, &rows);
+    RunInt8(Int8LinearArgs{x.size(0), N, w.cols, rows.q.data(), rows.d.data(), rows.s.data(),
+                           w.bytes.data_ptr<uint8_t>(), w.type, w.bytes.size(1), bias, out.data_ptr<float>()});
+    return out;
+  }
   Run(LinearArgs{x.size(0), N, w.cols, xc.data_ptr<float>(), nullptr, w.bytes.data_ptr<uint8_t>(), w.type,
-                 w.bytes.size(1), bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>()});
+                 w.bytes.size(1), bias, out.data_ptr<float>()});
   return out;
 }
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const PackedWeight& packed,
-                  Rows rows) {
+                  Rows rows, Activations act) {
   const at::ScalarType t = x.scalar_type();
   const bool streamable = rows == Rows::kPerSequence && packed.defined() && x.dim() == 2 && x.is_cpu() &&
                           (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf);
   if (!streamable) return at::linear(x, w, b);
   if (x.scalar_type() == at::kFloat && (!b.defined() || b.scalar_type() == at::kFloat)) {
-    return StreamingLinear(x, packed, b);
+    return StreamingLinear(x, packed, b, act);
   }
   // A bfloat16 (or float16) run: the few per-sequence rows are widened to float32 and computed from
   // the blocks like a float32 run's (at::linear on 16-bit weights reads twice the blocks' bytes and
   // has no streaming kernel: 2.5x slower decode), then narrowed back to the run's dtype.
   const at::Tensor bf = b.defined() ? b.to(at::kFloat) : b;
-  return StreamingLinear(x.to(at::kFloat), packed, bf).to(x.scalar_type());
+  return StreamingLinear(x.to(at::kFloat), packed, bf, act).to(x.scalar_type());
 }
 
 }  // namespace asl::model

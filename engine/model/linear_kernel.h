@@ -10,6 +10,7 @@
 #include <c10/util/Half.h>
 
 #include "engine/common/parallel.h"
+#include "engine/model/half_bits.h"
 
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
@@ -123,16 +124,6 @@ inline void FloatRows(const LinearArgs& a, const float* w, int64_t n0, int64_t c
 
 // Weight rows per group: 128 KiB of float weights (half of a small L2).
 inline int64_t GroupRows(int64_t K) { return std::max<int64_t>(1, (128 << 10) / (4 * std::max<int64_t>(1, K))); }
-
-inline float HalfToFloat(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-#if defined(CPU_CAPABILITY_AVX2)
-  return _cvtsh_ss(h);  // F16C (linear.cpp checks the CPU); exact, like the software conversion
-#else
-  return c10::detail::fp16_ieee_to_fp32_value(h);
-#endif
-}
 
 // Block layouts (ggml-common.h): Q8_0 { half d; int8 qs[32] } = d * q; Q4_0 { half d; u8 qs[16] }
 // = (q - 8) * d; Q4_1 { half d; half m; u8 qs[16] } = q * d + m, low nibbles elements 0..15, high
