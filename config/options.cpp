@@ -190,6 +190,10 @@ std::vector<Option> BuildOptions() {
   o.push_back(StringOption("model.dtype", "auto|float32|bfloat16",
                            "compute dtype; auto = bfloat16 on CPUs with native bf16 dot products, else float32",
                            [](auto* c) { return &c->engine.dtype; }, OneOf({"auto", "float32", "bfloat16"})));
+  o.push_back(StringOption("model.decode_activations", "int8|float32",
+                           "decode projections over GGUF blocks on the CPU: int8 = activations quantised per block "
+                           "of 32 and integer dot products (as llama.cpp); float32 = exact float arithmetic",
+                           [](auto* c) { return &c->engine.decode_activations; }, OneOf({"int8", "float32"})));
   o.push_back(StringOption("model.chat_template", "string",
                            "override the model's chat template: chatml, llama3 or the path of a Jinja file; empty: "
                            "the model's own",

@@ -23,11 +23,13 @@ namespace asl::config {
 inline constexpr const char* kDefaultModelPath = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 struct ServerConfig {
-  // The server's defaults that differ from the engine library's: the default model, and
-  // model.dtype auto (the engine library defaults to float32, the parity reference).
+  // The server's defaults that differ from the engine library's: the default model, model.dtype
+  // auto and model.decode_activations int8 (the engine library defaults to float32 for both, the
+  // parity reference).
   ServerConfig() {
     engine.model_path = kDefaultModelPath;
     engine.dtype = "auto";
+    engine.decode_activations = "int8";
   }
 
   // model.*, kv_cache.*, scheduler.* and pruning.* keys.

@@ -191,6 +191,10 @@ Status EngineImpl::Init() {
   else if (kv_dtype_name == "bfloat16") kv_dtype = at::kBFloat16;
   else if (kv_dtype_name == "float16") kv_dtype = at::kHalf;
   else return InvalidArgument("kv_dtype: must be auto, float32, bfloat16 or float16, got '" + config_.kv_dtype + "'");
+  model::Activations activations;
+  if (!model::ParseActivations(config_.decode_activations, &activations)) {
+    return InvalidArgument("decode_activations: must be float32 or int8, got '" + config_.decode_activations + "'");
+  }
   if (config_.block_size < 1 || config_.block_size > 1024) return InvalidArgument("block_size: must be in [1, 1024]");
   if (config_.max_num_seqs < 1) return InvalidArgument("max_num_seqs: must be >= 1");
   if (config_.max_waiting < 0) return InvalidArgument("max_waiting: must be >= 0");
@@ -207,7 +211,7 @@ Status EngineImpl::Init() {
     ASL_ASSIGN_OR_RETURN(tokenizer_, tok::Tokenizer::Create(std::move(spec)));
   }
   if (!config_.chat_template.empty()) ASL_RETURN_IF_ERROR(tokenizer_->OverrideChatTemplate(config_.chat_template));
-  model_ = std::make_unique<model::LlamaModel>(mc, std::move(loaded.weights));
+  model_ = std::make_unique<model::LlamaModel>(mc, std::move(loaded.weights), activations);
   {
     // Structured output sees each token as the bytes it adds to the text; control tokens add none.
     std::vector<std::string> token_bytes(static_cast<size_t>(tokenizer_->vocab_size()));
@@ -240,7 +244,9 @@ Status EngineImpl::Init() {
       return InvalidArgument("prefix_cache.max_share: must be in (0, 1]");
     }
     // Salt: what changes the cached numbers besides the tokens (one pool serves one model).
-    const std::string salt = config_.model_path + "|" + config_.dtype + "|" + kv_dtype_name + "|" + config_.device;
+    // (Decode activations too: a chat's generated tokens' K/V come from decode steps.)
+    const std::string salt = config_.model_path + "|" + config_.dtype + "|" + kv_dtype_name + "|" + config_.device +
+                             "|" + config_.decode_activations;
     pool_->SetCacheCapacity(
         std::max<int64_t>(1, static_cast<int64_t>(config_.prefix_cache_share * static_cast<double>(pool_->num_blocks_total()))),
         HashTokens(std::vector<TokenId>(salt.begin(), salt.end())));
@@ -275,10 +281,12 @@ Status EngineImpl::Init() {
   info_.kv_block_size = config_.block_size;
   info_.kv_bytes_total = pool_->bytes_total();
   info_.kv_dtype = kv_dtype_name;
+  info_.decode_activations = model::ActivationsName(activations);
   info_.eos_token_ids = tokenizer_->stop_token_ids();
-  ASL_LOG_INFO("engine ready: model {} ({} layers) on {} {}, KV pool {} blocks x {} tokens of {} ({:.1f} MiB)",
-               info_.name, info_.num_layers, info_.device, info_.dtype, info_.kv_blocks_total, info_.kv_block_size,
-               info_.kv_dtype, info_.kv_bytes_total / 1048576.0);
+  ASL_LOG_INFO("engine ready: model {} ({} layers) on {} {}, decode activations {}, KV pool {} blocks x {} tokens of "
+               "{} ({:.1f} MiB)",
+               info_.name, info_.num_layers, info_.device, info_.dtype, info_.decode_activations, info_.kv_blocks_total,
+               info_.kv_block_size, info_.kv_dtype, info_.kv_bytes_total / 1048576.0);
   PublishStats();
   thread_ = std::thread([this] { Loop(); });
   return Status::Ok();

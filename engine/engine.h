@@ -24,6 +24,10 @@ struct EngineConfig {
   // KV pool storage: "float32", "bfloat16", "float16", or "auto" = the compute dtype when it is
   // bfloat16, else float16 (half the bytes of float32 per token; llama.cpp's default KV type).
   std::string kv_dtype = "auto";
+  // Decode projections over GGUF blocks on the CPU (model::Activations, engine/model/linear.h):
+  // "float32" (exact against float32 references: the library default) or "int8" (activations
+  // quantised per block of 32 and integer dot products, as llama.cpp; asl-server's default).
+  std::string decode_activations = "float32";
   // Overrides the model's chat template: "chatml", "llama3" or the path of a Jinja file; empty: the
   // model's own (GGUF tokenizer.chat_template, tokenizer_config.json or chat_template.jinja).
   std::string chat_template;
@@ -83,6 +87,7 @@ struct ModelInfo {
   int64_t kv_block_size = 0;
   int64_t kv_bytes_total = 0;
   std::string kv_dtype;            // the pool's storage dtype (kv_dtype resolved)
+  std::string decode_activations;  // "float32" or "int8": the decode projections' arithmetic
   std::vector<TokenId> eos_token_ids;
 };
 

@@ -435,6 +435,7 @@ void FillModelInfo(const Engine& engine, int64_t max_prompt_tokens, v1::ModelInf
   out->set_kv_block_size(m.kv_block_size);
   out->set_kv_bytes_total(m.kv_bytes_total);
   out->set_kv_dtype(m.kv_dtype);
+  out->set_decode_activations(m.decode_activations);
   for (TokenId t : m.eos_token_ids) out->add_eos_token_ids(t);
   for (const PolicyInfo& p : kPolicies) out->add_policies(p.name);
   PruningParams defaults = engine.config().default_pruning;

@@ -28,6 +28,15 @@ class CollectSink : public RequestSink {
   void OnTokens(const TokenChunk& c) override {
     ids_.insert(ids_.end(), c.token_ids.begin(), c.token_ids.end());
     text_ += c.text;
+    for (size_t i = 0; i < c.sampled_logprobs.size(); ++i) {
+      json top = json::array();
+      if (i < c.top_logprobs.size()) {
+        for (const TokenLogprob& t : c.top_logprobs[i]) top.push_back({{"token_id", t.token_id}, {"logprob", t.logprob}});
+      }
+      logprobs_.push_back({{"token_id", c.sampled_logprobs[i].token_id},
+                           {"logprob", c.sampled_logprobs[i].logprob},
+                           {"top", std::move(top)}});
+    }
     if (stream_) {
       std::fwrite(c.text.data(), 1, c.text.size(), stdout);
       std::fflush(stdout);
@@ -37,9 +46,12 @@ class CollectSink : public RequestSink {
   FinishEvent Wait() { return done_.get_future().get(); }
   const std::vector<TokenId>& ids() const { return ids_; }
   const std::string& text() const { return text_; }
+  // With --logprobs N: per generated token, its logprob and the top N ({token_id, logprob, top}).
+  const json& logprobs() const { return logprobs_; }
 
  private:
   bool stream_;
+  json logprobs_ = json::array();
   std::vector<TokenId> ids_;
   std::string text_;
   std::promise<FinishEvent> done_;
@@ -75,6 +87,7 @@ int RunGenerate(const CommonOptions& o, const PromptOptions& p, SamplingParams s
     out["usage"] = UsageJson(ev);
     out["timings"] = TimingsJson(ev.timings);
     out["pruning"] = PruningJson(ev.pruning);
+    if (req.sampling.logprobs > 0) out["logprobs"] = sink->logprobs();
     std::cout << out.dump() << "\n";
   } else {
     std::printf("\n");

@@ -34,6 +34,11 @@ void CommonOptions::Register(CLI::App* app) {
       ->capture_default_str();
   app->add_option("--kv-dtype", kv_dtype, "KV pool storage: auto, float16, bfloat16 or float32")
       ->capture_default_str();
+  app->add_option("--decode-activations", decode_activations,
+                  "decode projections over GGUF blocks: float32 (asl-cli's default, the parity reference) or int8 "
+                  "(integer dot products, asl-server's default)")
+      ->check(CLI::IsMember({"float32", "int8"}))
+      ->capture_default_str();
   app->add_option("--threads", threads, "intra-op threads (0 = the usable CPUs: affinity capped by the cgroup CPU quota)")->capture_default_str();
   app->add_option("--kv-cache", kv_cache, "KV pool size, e.g. 512MiB, 2GiB")->capture_default_str();
   app->add_option("--block-size", block_size, "tokens per KV block")->capture_default_str();
@@ -94,6 +99,7 @@ EngineConfig CommonOptions::ToEngineConfig() const {
   c.device = device;
   c.dtype = dtype;
   c.kv_dtype = kv_dtype;
+  c.decode_activations = decode_activations;
   c.chat_template = chat_template;
   c.num_threads = threads;
   c.kv_cache_bytes = ParseBytes(kv_cache);
@@ -221,7 +227,9 @@ int RunLogits(CommonOptions& o, const PromptOptions& p, bool json_out) {
   }
   auto ids = p.Resolve(*tokenizer);
   if (!ids.ok()) return fail(ids.status());
-  model::LlamaModel model(loaded->config, std::move(loaded->weights));
+  model::Activations activations = model::Activations::kFloat32;
+  model::ParseActivations(o.decode_activations, &activations);  // checked by the flag
+  model::LlamaModel model(loaded->config, std::move(loaded->weights), activations);
   const auto& mc = model.config();
   PruningParams params = o.pruning;
   Status st = ResolvePruningParams(&params, static_cast<int>(mc.num_layers));

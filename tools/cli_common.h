@@ -19,6 +19,7 @@ struct CommonOptions {
   std::string device = "cpu";
   std::string dtype = "float32";
   std::string kv_dtype = "auto";
+  std::string decode_activations = "float32";
   int threads = 0;
   std::string kv_cache = "1GiB";
   int block_size = 16;

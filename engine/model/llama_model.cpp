@@ -98,8 +98,8 @@ void FuseProjections(LayerWeights& l) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights)
-    : config_(std::move(config)), weights_(std::move(weights)) {
+LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, Activations decode_activations)
+    : config_(std::move(config)), weights_(std::move(weights)), activations_(decode_activations) {
   for (LayerWeights& l : weights_.layers) FuseProjections(l);
   inv_freq_ = RopeInverseFrequencies(config_).to(weights_.tok_embeddings.device());
   bool all_packed = weights_.packed_lm_head.defined();
@@ -153,14 +153,14 @@ Qkv LlamaModel::AttentionInputs(int layer, const at::Tensor& x, const Rope& rope
   const int64_t H = config_.num_heads, Hkv = config_.num_kv_heads, d = config_.head_dim;
   at::Tensor q, k, v;
   if (w.wqkv.defined()) {  // one GEMM (prefill) or one streaming pass (decode) for all three
-    at::Tensor qkv = Linear(h, w.wqkv, w.bqkv, w.packed_qkv, rows).view({T, H + 2 * Hkv, d});
+    at::Tensor qkv = Linear(h, w.wqkv, w.bqkv, w.packed_qkv, rows, activations_).view({T, H + 2 * Hkv, d});
     q = qkv.narrow(1, 0, H);
     k = qkv.narrow(1, H, Hkv);
     v = qkv.narrow(1, H + Hkv, Hkv).contiguous();  // q and k become new tensors in ApplyRope
   } else {
-    q = Linear(h, w.wq, w.bq, w.packed_wq, rows).view({T, H, d});
-    k = Linear(h, w.wk, w.bk, w.packed_wk, rows).view({T, Hkv, d});
-    v = Linear(h, w.wv, w.bv, w.packed_wv, rows).view({T, Hkv, d});
+    q = Linear(h, w.wq, w.bq, w.packed_wq, rows, activations_).view({T, H, d});
+    k = Linear(h, w.wk, w.bk, w.packed_wk, rows, activations_).view({T, Hkv, d});
+    v = Linear(h, w.wv, w.bv, w.packed_wv, rows, activations_).view({T, Hkv, d});
   }
   return Qkv{ApplyRope(q, rope), ApplyRope(k, rope), v};
 }
@@ -200,7 +200,7 @@ at::Tensor LlamaModel::AttentionAt(const at::Tensor& q_rows, const at::Tensor& k
 
 at::Tensor LlamaModel::AttentionOutput(int layer, const at::Tensor& attn, Rows rows) const {
   const LayerWeights& w = weights_.layers[layer];
-  return Linear(attn, w.wo, {}, w.packed_wo, rows);
+  return Linear(attn, w.wo, {}, w.packed_wo, rows, activations_);
 }
 
 at::Tensor LlamaModel::Mlp(int layer, const at::Tensor& x, Rows rows) const {
@@ -209,19 +209,19 @@ at::Tensor LlamaModel::Mlp(int layer, const at::Tensor& x, Rows rows) const {
   at::Tensor gate, up;
   if (w.w_gate_up.defined()) {
     const int64_t F = w.w_gate.size(0);
-    at::Tensor gu = Linear(h, w.w_gate_up, {}, w.packed_gate_up, rows);
+    at::Tensor gu = Linear(h, w.w_gate_up, {}, w.packed_gate_up, rows, activations_);
     gate = gu.narrow(1, 0, F);
     up = gu.narrow(1, F, F);
   } else {
-    gate = Linear(h, w.w_gate, {}, w.packed_gate, rows);
-    up = Linear(h, w.w_up, {}, w.packed_up, rows);
+    gate = Linear(h, w.w_gate, {}, w.packed_gate, rows, activations_);
+    up = Linear(h, w.w_up, {}, w.packed_up, rows, activations_);
   }
-  return Linear(at::silu(gate) * up, w.w_down, {}, w.packed_down, rows);
+  return Linear(at::silu(gate) * up, w.w_down, {}, w.packed_down, rows, activations_);
 }
 
 at::Tensor LlamaModel::Logits(const at::Tensor& x) const {
   at::Tensor h = RmsNorm(x, weights_.norm);
-  return Linear(h, weights_.lm_head, {}, weights_.packed_lm_head, Rows::kPerSequence).to(at::kFloat);
+  return Linear(h, weights_.lm_head, {}, weights_.packed_lm_head, Rows::kPerSequence, activations_).to(at::kFloat);
 }
 
 }  // namespace asl::model

@@ -28,7 +28,9 @@ struct Qkv {
 
 class LlamaModel {
  public:
-  LlamaModel(ModelConfig config, ModelWeights weights);
+  // decode_activations: the streaming kernel's arithmetic for per-sequence rows over GGUF blocks
+  // (linear.h); prompt rows always take at::linear.
+  LlamaModel(ModelConfig config, ModelWeights weights, Activations decode_activations = Activations::kFloat32);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -38,6 +40,7 @@ class LlamaModel {
   // from GGUF blocks (linear.h; those compute in float32 whatever the run dtype, so a bfloat16 run's
   // decode stays in float32 instead of converting at every projection), else dtype().
   at::ScalarType decode_dtype() const { return decode_dtype_; }
+  Activations decode_activations() const { return activations_; }
 
   // ids: [T] int64 -> hidden [T, hidden] in the run dtype.
   at::Tensor Embed(const at::Tensor& ids) const;
@@ -74,6 +77,7 @@ class LlamaModel {
   ModelWeights weights_;
   at::Tensor inv_freq_;  // [d/2] float32, with the rope scaling applied
   at::ScalarType decode_dtype_;
+  Activations activations_;
 };
 
 // Inverse RoPE frequencies for the config (transformers' rope init functions): [d/2] float32.

@@ -294,6 +294,7 @@ json ModelJson(const std::string& id, const v1::ModelInfo& info, int64_t created
             {"kv_block_size", info.kv_block_size()},
             {"kv_bytes_total", info.kv_bytes_total()},
             {"kv_dtype", info.kv_dtype()},
+            {"decode_activations", info.decode_activations()},
             {"policies", json(info.policies())}}}};
 }
 

@@ -62,6 +62,7 @@ TEST(ServerConfig, BuiltInDefaults) {
   EXPECT_DOUBLE_EQ(c.engine.kv_cache_memory_fraction, 0.25);
   EXPECT_EQ(c.engine.block_size, 16);
   EXPECT_EQ(c.engine.kv_dtype, "auto");
+  EXPECT_EQ(c.engine.decode_activations, "int8");
   EXPECT_EQ(c.engine.max_num_seqs, 64);
   EXPECT_EQ(c.engine.max_waiting, 256);
   EXPECT_EQ(c.engine.max_prefill_tokens, 8192);
