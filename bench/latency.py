@@ -121,6 +121,8 @@ def main():
     ap.add_argument("--dtypes", nargs="+", default=[],
                     help="compute dtypes to compare (asl-cli --dtype), alternated within each repetition; "
                          "empty: asl-cli's default")
+    ap.add_argument("--activations", nargs="+", default=[],
+                    help="asl-cli --decode-activations values to compare (float32, int8), crossed with --dtypes")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.md"))
     a = ap.parse_args()
@@ -132,19 +134,24 @@ def main():
         if n + max_tokens > a.context:
             n = a.context - max_tokens
         ids = prompt_ids(a.cli, a.model, n, a.essays)
-        dtypes = a.dtypes or [None]
+        # Variants: every --dtypes value crossed with every --activations value, labelled "dtype/act".
+        variants = {}
+        for d in a.dtypes or [None]:
+            for act in a.activations or [None]:
+                label = "/".join(x for x in (d, act) if x) or None
+                variants[label] = (["--dtype", d] if d else []) + (["--decode-activations", act] if act else [])
         base = {}
         for policy in a.policies:
-            # A/B alternated: rep 1 of every dtype, then rep 2, ..., so load drifts hit all alike.
-            by_dtype = {d: [] for d in dtypes}
+            # A/B alternated: rep 1 of every variant, then rep 2, ..., so load drifts hit all alike.
+            by_variant = {v: [] for v in variants}
             for _ in range(a.reps):
-                for d in dtypes:
-                    extra = a.extra + (["--dtype", d] if d else [])
-                    by_dtype[d].append(run(a.cli, a.model, ids, policy, a.budget, max_tokens, a.threads, extra))
-            for d in dtypes:
-                rows.append(cell(n, policy, d, by_dtype[d], max_tokens, base))
+                for v, args in variants.items():
+                    by_variant[v].append(run(a.cli, a.model, ids, policy, a.budget, max_tokens, a.threads,
+                                             a.extra + args))
+            for v in variants:
+                rows.append(cell(n, policy, v, by_variant[v], max_tokens, base))
         if a.llama_bench:
-            base = base.get(("full", dtypes[0]))
+            base = base.get(("full", next(iter(variants))))
             models = a.llama_models or [f"{pathlib.Path(a.model).name}={a.model}"]
             for spec in models:
                 label, path = spec.split("=", 1)
@@ -158,10 +165,11 @@ def main():
         "# Latency vs context (CPU, default model)", "",
         f"- date: {datetime.date.today()}", f"- commit: {commit()}", f"- machine: {machine()}",
         f"- model: {pathlib.Path(a.model).name}; prefill GEMMs on the dequantised weights in the compute dtype "
-        "(float32, or bfloat16-rounded), decode projections on the Q4_1 blocks in float32 for every dtype",
+        "(float32, or bfloat16-rounded), decode projections on the Q4_1 blocks (variant `/int8`: int8 activations "
+        "and integer dot products; `/float32` or none: float32 activations)",
         f"- budget: kv_budget = select_k = {a.budget} for pruning policies; full keeps everything",
         f"- {a.reps} repetitions per cell: median (min-max)", f"- command: `{cmd}`", "",
-        "| prompt | policy | dtype | prefill s | prefill tok/s | TTFT s | TPOT ms | decode tok/s | TTFT / full | TPOT / full | KV tokens kept (sum over layers) | KV MiB | selection |",
+        "| prompt | policy | dtype / activations | prefill s | prefill tok/s | TTFT s | TPOT ms | decode tok/s | TTFT / full | TPOT / full | KV tokens kept (sum over layers) | KV MiB | selection |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
