@@ -150,21 +150,25 @@ def test_bfloat16_logits_within_bound(hf, prompts, bin_dir, default_model):
             assert got.argmax() == ref.argmax()
 
 
-def test_bfloat16_greedy_agrees_where_the_gap_exceeds_rounding(hf, prompts, bin_dir, default_model):
-    _, model = hf
+def greedy_divergences(model, prompts, bin_dir, default_model, *extra):
+    """For each prompt whose greedy continuation under `extra` leaves HF's: (prompt length, index of
+    the first differing token, HF's logits there, HF's logit of its token minus HF's logit of ours)."""
     for ids in prompts:
         ref = hf_greedy(model, ids)
-        got = cli_greedy(bin_dir, default_model, ids, "--dtype", "bfloat16")
+        got = cli_greedy(bin_dir, default_model, ids, *extra)
         if got == ref:
             continue
         i = next(i for i, (a, b) in enumerate(zip(got, ref)) if a != b)
         with torch.no_grad():
             logits = model(torch.tensor([ids + ref[:i]])).logits[0, -1].double()
+        yield len(ids), i, logits, float(logits[ref[i]] - logits[got[i]])
+
+
+def test_bfloat16_greedy_agrees_where_the_gap_exceeds_rounding(hf, prompts, bin_dir, default_model):
+    for n, i, logits, gap in greedy_divergences(hf[1], prompts, bin_dir, default_model, "--dtype", "bfloat16"):
         span = float(logits.max() - logits.min())
-        gap = float(logits[ref[i]] - logits[got[i]])
-        print(f"bf16, prompt of {len(ids)} tokens: diverged at token {i}, HF gap {gap:.3f} (range {span:.1f})")
-        assert gap <= 2 * BF16_LOGIT_BOUND * span, \
-            f"prompt of {len(ids)} tokens diverged at token {i} with HF's logit gap {gap}"
+        print(f"bf16, prompt of {n} tokens: diverged at token {i}, HF gap {gap:.3f} (range {span:.1f})")
+        assert gap <= 2 * BF16_LOGIT_BOUND * span, f"prompt of {n} tokens diverged at token {i} with HF's logit gap {gap}"
 
 
 # int8 decode activations (model.decode_activations int8, asl-server's default): each decode
@@ -203,16 +207,7 @@ def test_int8_decode_logprobs_within_bound(hf, prompts, bin_dir, default_model):
 
 
 def test_int8_greedy_agrees_where_the_gap_exceeds_rounding(hf, prompts, bin_dir, default_model):
-    _, model = hf
-    for ids in prompts:
-        ref = hf_greedy(model, ids)
-        got = cli_greedy(bin_dir, default_model, ids, "--decode-activations", "int8")
-        if got == ref:
-            continue
-        i = next(i for i, (a, b) in enumerate(zip(got, ref)) if a != b)
-        with torch.no_grad():
-            logits = model(torch.tensor([ids + ref[:i]])).logits[0, -1].double()
-        gap = float(torch.log_softmax(logits, -1)[ref[i]] - torch.log_softmax(logits, -1)[got[i]])
-        print(f"int8, prompt of {len(ids)} tokens: diverged at token {i}, HF logprob gap {gap:.3f}")
-        assert gap <= 2 * INT8_LOGPROB_BOUND, \
-            f"prompt of {len(ids)} tokens diverged at token {i} with HF's logprob gap {gap}"
+    # A logit gap is the logprob gap: log-softmax subtracts the same constant from every logit.
+    for n, i, _, gap in greedy_divergences(hf[1], prompts, bin_dir, default_model, "--decode-activations", "int8"):
+        print(f"int8, prompt of {n} tokens: diverged at token {i}, HF logprob gap {gap:.3f}")
+        assert gap <= 2 * INT8_LOGPROB_BOUND, f"prompt of {n} tokens diverged at token {i} with HF's logprob gap {gap}"
