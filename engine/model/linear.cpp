@@ -44,7 +44,7 @@ void RunInt8(const Int8LinearArgs& args) {
   int8k::Run(args);
 }
 
-// Row m of x [M, K] (K a multiple of 32) quantised per block of 32: q = nearbyint(x * (1 / d)) in
+// x [M, K] (K a multiple of 32) quantised per block of 32 of each row: q = nearbyint(x * (1 / d)) in
 // [-127, 127] with d = max|x| / 127, and s = d * sum(q). Scalar code, the one definition every
 // kernel path reads. A block holding a non-finite value gets d = NaN, so the outputs it touches are
 // NaN, as float32 arithmetic would give, instead of silently dropping the value.
